@@ -1,0 +1,1 @@
+"""Jumpgate command-line faces."""

@@ -1,0 +1,1 @@
+"""Jumpgate core engine: no terminal UI here."""

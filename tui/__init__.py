@@ -1,0 +1,1 @@
+"""The jumpgate Textual dashboard."""
