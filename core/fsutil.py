@@ -1,0 +1,53 @@
+"""Atomic, permission-safe file writes. Keys and certificates never half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename.
+
+    The file is created with ``mode`` from the start (never world-readable in
+    between) and the directory entry is fsynced so a crash leaves either the old
+    or the new content, never a mix.
+    """
+    p = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(tmp).unlink()
+        raise
+    fsync_dir(p.parent)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a directory entry to disk (best effort on filesystems that refuse)."""
+    try:
+        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def ensure_private_dir(path: str | os.PathLike[str], *, mode: int = 0o700) -> Path:
+    """Create ``path`` (and parents) if missing; new directories get ``mode``."""
+    p = Path(path)
+    p.mkdir(mode=mode, parents=True, exist_ok=True)
+    return p
