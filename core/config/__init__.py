@@ -1,0 +1,81 @@
+"""Teleport's ``teleport.yaml`` (v1/v2/v3): loading, validation and rendering."""
+
+from __future__ import annotations
+
+from ._common import (
+    DB_PROTOCOLS,
+    RESERVED_HEADERS,
+    join_hostport,
+    parse_hostport,
+    try_read_value_as_file,
+)
+from .render import (
+    parse_labels,
+    render_db_configure,
+    render_systemd_unit,
+    render_teleport_configure,
+    write_output,
+)
+from .services import (
+    App,
+    AppService,
+    Authentication,
+    AuthService,
+    CommandLabel,
+    Database,
+    DatabaseTLS,
+    DbService,
+    OpenService,
+    ProxyService,
+    ResourceMatcher,
+    Rewrite,
+    StaticToken,
+    split_header,
+)
+from .teleport import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_DATA_DIR,
+    Global,
+    JoinParams,
+    Log,
+    Storage,
+    TeleportConfig,
+    load_config,
+    parse_config,
+)
+
+__all__ = [
+    "DB_PROTOCOLS",
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_DATA_DIR",
+    "RESERVED_HEADERS",
+    "App",
+    "AppService",
+    "AuthService",
+    "Authentication",
+    "CommandLabel",
+    "Database",
+    "DatabaseTLS",
+    "DbService",
+    "Global",
+    "JoinParams",
+    "Log",
+    "OpenService",
+    "ProxyService",
+    "ResourceMatcher",
+    "Rewrite",
+    "StaticToken",
+    "Storage",
+    "TeleportConfig",
+    "join_hostport",
+    "load_config",
+    "parse_config",
+    "parse_hostport",
+    "parse_labels",
+    "render_db_configure",
+    "render_systemd_unit",
+    "render_teleport_configure",
+    "split_header",
+    "try_read_value_as_file",
+    "write_output",
+]
