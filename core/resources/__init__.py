@@ -1,0 +1,131 @@
+"""Teleport-shaped resources: models, parsing with file/line errors, Teleport YAML output.
+
+Every resource has ``kind``, ``version``, ``metadata`` and ``spec`` (some ``status``).
+Parse with :func:`parse_resource` / :func:`parse_documents`; write with
+:func:`resource_to_dict` / :func:`dump_yaml`.
+"""
+
+from __future__ import annotations
+
+from jumpgate.core.resources.base import (
+    DNSLabelMetadata,
+    Metadata,
+    Resource,
+    canonical_kind,
+    register,
+    resource_class,
+    supported_kinds,
+)
+from jumpgate.core.resources.cluster import (
+    CAKeySet,
+    CertAuthority,
+    CertAuthoritySpec,
+    ClusterAuthPreference,
+    ClusterName,
+    JWTKeyPair,
+    Lock,
+    LockSpec,
+    LockTarget,
+    SSHKeyPair,
+    TLSKeyPair,
+)
+from jumpgate.core.resources.infra import (
+    DATABASE_PROTOCOLS,
+    App,
+    AppServer,
+    Database,
+    DatabaseServer,
+    DatabaseSpec,
+    DatabaseTLS,
+    Header,
+    Rewrite,
+)
+from jumpgate.core.resources.presets import bot_role, preset_roles
+from jumpgate.core.resources.role import (
+    DEFAULT_MAX_SESSION_TTL,
+    ImpersonateConditions,
+    Role,
+    RoleConditions,
+    RoleOptions,
+    RoleSpec,
+    Rule,
+    make_role,
+)
+from jumpgate.core.resources.serialize import (
+    dump_yaml,
+    parse_documents,
+    parse_resource,
+    resource_to_dict,
+    resources_to_list,
+    validate_resource,
+)
+from jumpgate.core.resources.user import (
+    Bot,
+    BotSpec,
+    BotStatus,
+    BotTrait,
+    Token,
+    TokenSpec,
+    User,
+    UserSpec,
+    UserStatus,
+    bot_resource_name,
+    system_role,
+)
+
+__all__ = [
+    "DATABASE_PROTOCOLS",
+    "DEFAULT_MAX_SESSION_TTL",
+    "App",
+    "AppServer",
+    "Bot",
+    "BotSpec",
+    "BotStatus",
+    "BotTrait",
+    "CAKeySet",
+    "CertAuthority",
+    "CertAuthoritySpec",
+    "ClusterAuthPreference",
+    "ClusterName",
+    "DNSLabelMetadata",
+    "Database",
+    "DatabaseServer",
+    "DatabaseSpec",
+    "DatabaseTLS",
+    "Header",
+    "ImpersonateConditions",
+    "JWTKeyPair",
+    "Lock",
+    "LockSpec",
+    "LockTarget",
+    "Metadata",
+    "Resource",
+    "Rewrite",
+    "Role",
+    "RoleConditions",
+    "RoleOptions",
+    "RoleSpec",
+    "Rule",
+    "SSHKeyPair",
+    "TLSKeyPair",
+    "Token",
+    "TokenSpec",
+    "User",
+    "UserSpec",
+    "UserStatus",
+    "bot_resource_name",
+    "bot_role",
+    "canonical_kind",
+    "dump_yaml",
+    "make_role",
+    "parse_documents",
+    "parse_resource",
+    "preset_roles",
+    "register",
+    "resource_class",
+    "resource_to_dict",
+    "resources_to_list",
+    "supported_kinds",
+    "system_role",
+    "validate_resource",
+]

@@ -1,0 +1,586 @@
+"""Teleport-shaped resources: parsing, validation errors with lines, round trips."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from jumpgate.core.errors import BadParameter
+from jumpgate.core.resources import (
+    App,
+    Bot,
+    CertAuthority,
+    ClusterAuthPreference,
+    Database,
+    DatabaseServer,
+    Lock,
+    Resource,
+    Role,
+    Token,
+    User,
+    bot_role,
+    canonical_kind,
+    dump_yaml,
+    parse_documents,
+    parse_resource,
+    preset_roles,
+    resource_to_dict,
+)
+
+# The `kind: role` blocks of the seed documents (/work/shared/seeds/000, 001/002, 003).
+SEED_ROLES = {
+    "machine-id-db": """\
+kind: role
+version: v5
+metadata:
+  name: machine-id-db
+spec:
+  allow:
+    db_labels:
+      '*': '*'
+    db_names: [example]
+    db_users: [alice]
+    rules:
+      - resources: [db_server, db]
+        verbs: [read, list]
+""",
+    "example-role": """\
+kind: role
+version: v6
+metadata:
+  name: example-role
+spec:
+  allow:
+    db_labels:
+      '*': '*'
+    db_names: [example-db]
+    db_users: [alice]
+    rules:
+      - resources: [db_server, db]
+        verbs: [read, list]
+""",
+    "machine-id-app-role": """\
+kind: role
+metadata:
+  name: machine-id-app-role
+version: v5
+spec:
+  allow:
+    app_labels:
+      '*': '*'
+""",
+}
+
+
+def one(text: str, source: str = "test.yaml") -> Resource:
+    docs = parse_documents(text, source)
+    assert len(docs) == 1
+    return docs[0]
+
+
+def roundtrip(r: Resource) -> Resource:
+    again = parse_resource(resource_to_dict(r))
+    assert again == r
+    return again
+
+
+# --- seed roles --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SEED_ROLES))
+def test_seed_roles_parse_and_round_trip(name: str) -> None:
+    role = one(SEED_ROLES[name], "role.yaml")
+    assert isinstance(role, Role)
+    assert role.name == name
+    roundtrip(role)
+    # and through YAML text
+    assert parse_documents(dump_yaml([role]), "again.yaml") == [role]
+
+
+def test_seed_role_fields() -> None:
+    role = one(SEED_ROLES["machine-id-db"])
+    assert isinstance(role, Role)
+    assert role.version == "v5"
+    assert role.allow.db_labels == {"*": ["*"]}
+    assert role.allow.db_names == ["example"]
+    assert role.allow.db_users == ["alice"]
+    assert role.allow.rules[0].resources == ["db_server", "db"]
+    assert role.allow.rules[0].verbs == ["read", "list"]
+    assert role.max_session_ttl == timedelta(hours=30)
+    app = one(SEED_ROLES["machine-id-app-role"])
+    assert isinstance(app, Role)
+    assert app.allow.app_labels == {"*": ["*"]}
+    assert app.allow.db_labels == {}  # v5: no default wildcard
+
+
+def test_dict_shape_and_key_order() -> None:
+    d = resource_to_dict(one(SEED_ROLES["machine-id-db"]))
+    assert list(d) == ["kind", "version", "metadata", "spec"]
+    assert d["metadata"] == {"name": "machine-id-db"}
+    assert d["spec"]["options"] == {"max_session_ttl": "30h0m0s"}
+    assert d["spec"]["allow"]["db_labels"] == {"*": "*"}
+    assert d["spec"]["allow"]["rules"] == [
+        {"resources": ["db_server", "db"], "verbs": ["read", "list"]}
+    ]
+    assert "deny" not in d["spec"]
+
+
+# --- errors ------------------------------------------------------------------------------
+
+NO_VERBS = """\
+kind: role
+version: v5
+metadata:
+  name: machine-id-db
+spec:
+  allow:
+    db_labels:
+      '*': '*'
+    rules:
+      - resources: [db_server, db]
+        where: 'true'
+"""
+
+
+def test_rule_without_verbs_names_field_and_line() -> None:
+    with pytest.raises(BadParameter) as ei:
+        parse_documents(NO_VERBS, "role.yaml")
+    msg = str(ei.value)
+    assert msg.startswith("role.yaml, line 10: ")
+    assert 'role "machine-id-db"' in msg
+    assert "spec.allow.rules[0].verbs" in msg
+    assert "field required" in msg and "missing verbs" in msg
+    assert ei.value.hint
+
+
+def test_rule_with_empty_verbs_or_resources() -> None:
+    text = NO_VERBS.replace("        where: 'true'", "        verbs: []")
+    with pytest.raises(BadParameter, match=r"line 11: .*verbs: missing verbs"):
+        parse_documents(text, "role.yaml")
+    text = NO_VERBS.replace("resources: [db_server, db]", "verbs: [read]")
+    with pytest.raises(BadParameter, match="missing resources to match"):
+        parse_documents(text, "role.yaml")
+
+
+def test_error_in_second_document_points_at_its_line() -> None:
+    text = SEED_ROLES["example-role"] + "---\n" + NO_VERBS
+    with pytest.raises(BadParameter, match=r"^r\.yaml, line 24: "):
+        parse_documents(text, "r.yaml")
+
+
+def test_unknown_kind_lists_supported() -> None:
+    with pytest.raises(BadParameter) as ei:
+        parse_resource({"kind": "gizmo", "version": "v1", "metadata": {"name": "x"}})
+    assert "gizmo" in str(ei.value)
+    for kind in ("role", "db", "app", "token", "cert_authority"):
+        assert kind in str(ei.value)
+    with pytest.raises(BadParameter, match="kind"):
+        parse_resource({"metadata": {"name": "x"}})
+
+
+def test_unknown_field_in_rule() -> None:
+    text = NO_VERBS.replace("        where: 'true'", "        verbs: [read]\n        verb: [x]")
+    with pytest.raises(BadParameter, match=r"line 12: .*rules\[0\]\.verb: unknown field"):
+        parse_documents(text, "role.yaml")
+
+
+def test_wrong_type_is_reported() -> None:
+    data = {"kind": "role", "version": "v7", "metadata": {"name": "r"}}
+    data["spec"] = {"allow": {"db_users": {"a": "b"}}}
+    with pytest.raises(BadParameter, match=r'role "r": spec\.allow\.db_users: '):
+        parse_resource(data)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"allow": {"db_labels": {"*": "prod"}}}, "selector *:prod is not supported"),
+        ({"allow": {"impersonate": {"users": ["a"]}}}, "please set both impersonate.users"),
+        ({"allow": {"logins": ["*"]}}, "wildcard matcher is not allowed in logins"),
+        ({"allow": {"db_users": ["{{internal.x"]}}, "template brackets"),
+        ({"allow": {"db_users": ["{{nope.x}}"]}}, 'unknown namespace "nope"'),
+        ({"deny": {"impersonate": {"roles": ["a"], "where": "x"}}}, "not supported"),
+        ({"options": {"max_session_ttl": "forever"}}, "not a duration"),
+    ],
+)
+def test_role_validation(spec: dict[str, object], message: str) -> None:
+    data = {"kind": "role", "version": "v7", "metadata": {"name": "r"}, "spec": spec}
+    with pytest.raises(BadParameter) as ei:
+        parse_resource(data)
+    assert message in str(ei.value)
+
+
+def test_unrecognized_role_version() -> None:
+    with pytest.raises(BadParameter, match="unrecognized role version: v9"):
+        parse_resource({"kind": "role", "version": "v9", "metadata": {"name": "r"}})
+
+
+# --- roles -------------------------------------------------------------------------------
+
+
+def test_label_value_string_becomes_list() -> None:
+    role = parse_resource(
+        {
+            "kind": "role",
+            "version": "v7",
+            "metadata": {"name": "r"},
+            "spec": {"allow": {"db_labels": {"env": "dev", "team": ["a", "b"], "n": 1}}},
+        }
+    )
+    assert isinstance(role, Role)
+    assert role.allow.db_labels == {"env": ["dev"], "team": ["a", "b"], "n": ["1"]}
+    assert resource_to_dict(role)["spec"]["allow"]["db_labels"] == {
+        "env": "dev",
+        "team": ["a", "b"],
+        "n": "1",
+    }
+
+
+@pytest.mark.parametrize("version", ["v3", "v4", "v5", "v6", "v7", "v8"])
+def test_version_defaults(version: str) -> None:
+    role = parse_resource({"kind": "role", "version": version, "metadata": {"name": "r"}})
+    assert isinstance(role, Role)
+    wild = {"*": ["*"]}
+    for fld in ("db_labels", "app_labels", "node_labels"):
+        assert getattr(role.allow, fld) == (wild if version == "v3" else {})
+    assert role.max_session_ttl == timedelta(hours=30)
+    roundtrip(role)
+
+
+def test_extra_teleport_keys_round_trip() -> None:
+    text = """\
+kind: role
+version: v7
+metadata:
+  name: devs
+  description: developers
+  labels: {team: dev}
+spec:
+  options:
+    max_session_ttl: 8h
+    forward_agent: false
+    port_forwarding: false
+    create_db_user_mode: keep
+  allow:
+    kubernetes_labels: {'*': '*'}
+    windows_desktop_logins: [Administrator]
+    request:
+      roles: [admin]
+      thresholds: [{approve: 1, deny: 1}]
+    db_roles: [reader]
+  deny:
+    node_labels: {env: prod}
+"""
+    role = one(text)
+    assert isinstance(role, Role)
+    assert role.max_session_ttl == timedelta(hours=8)
+    d = resource_to_dict(role)
+    assert d["spec"]["options"] == {
+        "max_session_ttl": "8h0m0s",
+        "forward_agent": False,
+        "port_forwarding": False,
+        "create_db_user_mode": "keep",
+    }
+    allow = d["spec"]["allow"]
+    assert allow["kubernetes_labels"] == {"*": "*"}
+    assert allow["windows_desktop_logins"] == ["Administrator"]
+    assert allow["request"] == {"roles": ["admin"], "thresholds": [{"approve": 1, "deny": 1}]}
+    assert d["spec"]["deny"] == {"node_labels": {"env": "prod"}}
+    assert d["metadata"] == {"name": "devs", "description": "developers", "labels": {"team": "dev"}}
+    roundtrip(role)
+
+
+def test_presets() -> None:
+    roles = {r.name: r for r in preset_roles()}
+    assert set(roles) == {"access", "editor", "auditor"}
+    access = roles["access"]
+    assert access.version == "v7"
+    assert access.allow.logins == ["{{internal.logins}}"]
+    assert access.allow.db_users == ["{{internal.db_users}}"]
+    assert access.allow.db_names == ["{{internal.db_names}}"]
+    for fld in ("db_labels", "app_labels", "node_labels"):
+        assert getattr(access.allow, fld) == {"*": ["*"]}
+    assert access.max_session_ttl == timedelta(hours=30)
+    editor = roles["editor"]
+    assert not editor.allow.db_labels
+    star = {k for r in editor.allow.rules if r.verbs == ["*"] for k in r.resources}
+    assert {"user", "role", "bot", "token", "lock", "db", "app"} <= star
+    assert "cert_authority" not in star
+    for r in roles.values():
+        roundtrip(r)
+
+
+def test_bot_role() -> None:
+    role = bot_role("app", ["machine-id-db"])
+    assert role.name == "bot-app"
+    assert role.labels == {"teleport.internal/bot": "app"}
+    assert role.allow.impersonate is not None
+    assert role.allow.impersonate.roles == ["machine-id-db"]
+    assert role.allow.impersonate.users == []
+    kinds = {k for r in role.allow.rules for k in r.resources}
+    assert {"cert_authority", "db", "db_server", "app", "app_server", "cluster_name"} <= kinds
+    roundtrip(role)
+
+
+# --- kinds -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("alias", "kind"),
+    [
+        ("roles", "role"),
+        ("Users", "user"),
+        ("bots", "bot"),
+        ("tokens", "token"),
+        ("database", "db"),
+        ("databases", "db"),
+        ("db_servers", "db_server"),
+        ("apps", "app"),
+        ("app_servers", "app_server"),
+        ("locks", "lock"),
+        ("cas", "cert_authority"),
+        ("ca", "cert_authority"),
+        ("cert_authorities", "cert_authority"),
+        ("cluster_name", "cluster_name"),
+        ("cap", "cluster_auth_preference"),
+    ],
+)
+def test_canonical_kind(alias: str, kind: str) -> None:
+    assert canonical_kind(alias) == kind
+
+
+def test_user_and_bot() -> None:
+    user = parse_resource(
+        {
+            "kind": "user",
+            "version": "v2",
+            "metadata": {"name": "alice"},
+            "spec": {"roles": ["access"], "traits": {"db_users": "alice", "db_names": ["*"]}},
+            "status": {"is_locked": False},
+        }
+    )
+    assert isinstance(user, User)
+    assert user.traits == {"db_users": ["alice"], "db_names": ["*"]}
+    d = resource_to_dict(user)
+    assert d["spec"]["traits"]["db_users"] == ["alice"]
+    assert "status" not in d  # all-default status is omitted
+    roundtrip(user)
+    bot = parse_resource(
+        {
+            "kind": "bot",
+            "version": "v1",
+            "metadata": {"name": "app"},
+            "spec": {
+                "roles": ["machine-id-db"],
+                "traits": [{"name": "logins", "values": ["root"]}, {"name": "x", "values": []}],
+                "max_session_ttl": "12h",
+            },
+            "status": {"user_name": "bot-app", "role_name": "bot-app"},
+        }
+    )
+    assert isinstance(bot, Bot)
+    assert bot.trait_map() == {"logins": ["root"]}
+    assert resource_to_dict(bot)["spec"]["max_session_ttl"] == "12h0m0s"
+    assert list(resource_to_dict(bot)) == ["kind", "version", "metadata", "spec", "status"]
+    roundtrip(bot)
+
+
+def test_token() -> None:
+    tok = one(
+        """\
+kind: token
+version: v2
+metadata:
+  name: abc123
+  expires: "2030-01-02T03:04:05.5Z"
+spec:
+  roles: [db, APP, bot]
+  bot_name: app
+"""
+    )
+    assert isinstance(tok, Token)
+    assert tok.roles == ["Db", "App", "Bot"]
+    assert tok.spec.join_method == "token"
+    assert tok.metadata.expires == datetime(2030, 1, 2, 3, 4, 5, 500000, tzinfo=UTC)
+    d = resource_to_dict(tok)
+    assert d["metadata"] == {"name": "abc123", "expires": "2030-01-02T03:04:05.5Z"}
+    assert not tok.is_expired(datetime(2030, 1, 1, tzinfo=UTC))
+    assert tok.is_expired(datetime(2030, 1, 3, tzinfo=UTC))
+    roundtrip(tok)
+    base = {"kind": "token", "version": "v2", "metadata": {"name": "t"}}
+    with pytest.raises(BadParameter, match="bot_name"):
+        parse_resource({**base, "spec": {"roles": ["Bot"]}})
+    with pytest.raises(BadParameter, match="not a valid system role"):
+        parse_resource({**base, "spec": {"roles": ["wizard"]}})
+
+
+# --- infrastructure ----------------------------------------------------------------------
+
+DB = """\
+kind: db
+version: v3
+metadata:
+  name: example
+  labels: {env: dev}
+spec:
+  protocol: postgres
+  uri: localhost:5432
+  ca_cert: "-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n"
+  dynamic_labels:
+    hostname: {command: [hostname], period: 1m, result: db1}
+  aws: {region: us-east-1}
+"""
+
+
+def test_database() -> None:
+    db = one(DB)
+    assert isinstance(db, Database)
+    assert db.protocol == "postgres"
+    assert db.spec.tls.mode == "verify-full"
+    assert db.spec.tls.ca_cert.startswith("-----BEGIN CERTIFICATE-----")
+    assert db.spec.ca_cert == ""  # moved into tls like Teleport does
+    assert db.all_labels() == {"env": "dev", "hostname": "db1"}
+    d = resource_to_dict(db)
+    assert d["spec"]["dynamic_labels"]["hostname"]["period"] == "1m0s"
+    assert d["spec"]["aws"] == {"region": "us-east-1"}
+    roundtrip(db)
+
+
+@pytest.mark.parametrize("name", ["Example", "1db", "my_db", "db-", "a" * 64])
+def test_bad_database_name(name: str) -> None:
+    text = DB.replace("name: example", f"name: {name}")
+    with pytest.raises(BadParameter) as ei:
+        parse_documents(text, "db.yaml")
+    msg = str(ei.value)
+    assert "db.yaml, line 4" in msg and "metadata.name" in msg and "DNS-1035" in msg
+
+
+def test_database_validation() -> None:
+    with pytest.raises(BadParameter, match="unsupported database protocol 'postgress'"):
+        parse_documents(DB.replace("protocol: postgres", "protocol: postgress"), "db.yaml")
+    with pytest.raises(BadParameter, match=r"line 6: .*spec\.uri: field required"):
+        parse_documents(DB.replace("  uri: localhost:5432\n", ""), "db.yaml")
+    with pytest.raises(BadParameter, match="unknown TLS mode"):
+        parse_documents(DB + "  tls: {mode: sloppy}\n", "db.yaml")
+
+
+def test_db_server_wraps_database() -> None:
+    db = one(DB)
+    srv = parse_resource(
+        {
+            "kind": "db_server",
+            "version": "v3",
+            "metadata": {"name": "example", "expires": "2030-01-01T00:00:00Z"},
+            "spec": {
+                "host_id": "h1",
+                "hostname": "agent",
+                "database": resource_to_dict(db),
+            },
+        }
+    )
+    assert isinstance(srv, DatabaseServer)
+    assert srv.database == db
+    roundtrip(srv)
+
+
+def test_app() -> None:
+    app = one(
+        """\
+kind: app
+version: v3
+metadata: {name: grafana, labels: {env: dev}}
+spec:
+  uri: http://localhost:3000
+  public_addr: grafana.example.com
+  rewrite:
+    redirect: [localhost]
+    headers:
+      - {name: X-Custom, value: example}
+      - "Authorization: Bearer {{internal.jwt}}"
+    jwt_claims: roles-and-traits
+"""
+    )
+    assert isinstance(app, App)
+    assert app.spec.rewrite is not None
+    assert app.spec.rewrite.headers[1].value == "Bearer {{internal.jwt}}"
+    assert "insecure_skip_verify" not in resource_to_dict(app)["spec"]
+    roundtrip(app)
+    headers = [{"name": "X-Forwarded-For", "value": "1"}]
+    spec = {"uri": "http://x", "rewrite": {"headers": headers}}
+    bad = {"kind": "app", "metadata": {"name": "g"}, "spec": spec}
+    with pytest.raises(BadParameter, match="reserved"):
+        parse_resource(bad)
+    with pytest.raises(BadParameter, match="missing application URI"):
+        parse_resource({"kind": "app", "metadata": {"name": "g"}, "spec": {}})
+
+
+def test_lock() -> None:
+    lock = parse_resource(
+        {
+            "kind": "lock",
+            "version": "v2",
+            "metadata": {"name": "l1"},
+            "spec": {
+                "target": {"user": "bot-app"},
+                "message": "compromised",
+                "expires": "2030-01-01T00:00:00Z",
+            },
+        }
+    )
+    assert isinstance(lock, Lock)
+    assert lock.in_force(datetime(2029, 1, 1, tzinfo=UTC))
+    assert lock.is_expired(datetime(2031, 1, 1, tzinfo=UTC))
+    assert lock.spec.target.set_fields() == {"user": "bot-app"}
+    roundtrip(lock)
+    # An unquoted YAML date is a timestamp at midnight UTC.
+    dated = one(
+        "kind: lock\nmetadata: {name: l2}\nspec: {target: {role: x}, expires: 2030-01-02}\n"
+    )
+    assert isinstance(dated, Lock)
+    assert dated.spec.expires == datetime(2030, 1, 2, tzinfo=UTC)
+    with pytest.raises(BadParameter, match="at least one target"):
+        parse_resource({"kind": "lock", "metadata": {"name": "l"}, "spec": {"target": {}}})
+
+
+def test_cert_authority_secrets() -> None:
+    cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    key = "-----BEGIN PRIVATE KEY-----\nBBBB\n-----END PRIVATE KEY-----\n"
+    ca = parse_resource(
+        {
+            "kind": "cert_authority",
+            "version": "v2",
+            "metadata": {"name": "example.com"},
+            "spec": {
+                "type": "db",
+                "cluster_name": "example.com",
+                "active_keys": {"tls": [{"cert": cert, "key": key}]},
+            },
+        }
+    )
+    assert isinstance(ca, CertAuthority)
+    assert ca.sub_kind == "db"
+    assert ca.spec.active_keys.tls[0].key == key.encode()
+    public = resource_to_dict(ca)
+    assert public["spec"]["active_keys"]["tls"] == [{"cert": cert}]
+    assert "BEGIN PRIVATE KEY" not in dump_yaml([ca])
+    full = resource_to_dict(ca, with_secrets=True)
+    assert full["spec"]["active_keys"]["tls"] == [{"cert": cert, "key": key}]
+    assert parse_resource(full) == ca
+
+
+def test_cluster_auth_preference_yaml_off() -> None:
+    cap = one("kind: cluster_auth_preference\nversion: v2\nspec:\n  second_factor: off\n")
+    assert isinstance(cap, ClusterAuthPreference)
+    assert cap.name == "cluster-auth-preference"
+    assert cap.spec.second_factor == "off"
+    assert cap.spec.type == "local"
+    with pytest.raises(BadParameter, match="second_factor"):
+        parse_resource({"kind": "cap", "spec": {"second_factor": "sms"}})
+
+
+def test_multi_document_dump_and_parse() -> None:
+    resources = [one(t) for t in SEED_ROLES.values()] + [one(DB)]
+    text = dump_yaml(resources)
+    assert text.splitlines().count("---") == len(resources) - 1
+    assert parse_documents(text, "all.yaml") == resources
