@@ -452,6 +452,10 @@ class Backend(abc.ABC):
     async def put(self, item: Item) -> Item:
         """Create or overwrite ``item``; returns it as stored (with its revision)."""
 
+    async def put_many(self, items: Sequence[Item]) -> list[Item]:
+        """Create or overwrite several items (one transaction where the backend can)."""
+        return [await self.put(i) for i in items]
+
     @abc.abstractmethod
     async def create(self, item: Item) -> Item:
         """Store ``item``; AlreadyExists if a live item has its key."""

@@ -334,6 +334,12 @@ class SQLiteBackend(Backend):
         with self._lock, self._txn() as conn:
             return self._store(conn, item)
 
+    async def put_many(self, items: Sequence[Item]) -> list[Item]:
+        """Create or overwrite several items in one transaction (audit batches)."""
+        checked = [check_item(i) for i in items]
+        with self._lock, self._txn() as conn:
+            return [self._store(conn, i) for i in checked]
+
     async def create(self, item: Item) -> Item:
         """Store ``item``; AlreadyExists if a live item has its key."""
         item = check_item(item)

@@ -1,0 +1,171 @@
+"""``teleport``: the cluster daemon (auth, proxy and agents) and its config helpers."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from jumpgate.cli.common import info, run_app
+
+app = typer.Typer(
+    name="teleport",
+    help="Jumpgate cluster daemon: runs the auth, proxy, database and application services.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+install_app = typer.Typer(help="Install service files.", no_args_is_help=True)
+db_app = typer.Typer(help="Database Service commands.", no_args_is_help=True)
+db_configure_app = typer.Typer(help="Database Service configuration.", no_args_is_help=True)
+app.add_typer(install_app, name="install")
+app.add_typer(db_app, name="db")
+db_app.add_typer(db_configure_app, name="configure")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    from jumpgate.core.version import TELEPORT_COMPAT, VERSION
+
+    print(f"Jumpgate teleport v{VERSION} (Teleport {TELEPORT_COMPAT} compatible) python{sys.version.split()[0]}")
+
+
+@app.command()
+def start(
+    config: str = typer.Option("/etc/teleport.yaml", "-c", "--config", envvar="TELEPORT_CONFIG_FILE", help="Path to teleport.yaml"),
+    debug: bool = typer.Option(False, "-d", "--debug", help="Debug logging"),
+    pid_file: str = typer.Option("", "--pid-file", help="Write the process id to this file"),
+) -> None:
+    """Start the services enabled in teleport.yaml; stop with SIGTERM/SIGINT, reload with SIGHUP."""
+    import asyncio
+    import os
+    from pathlib import Path
+
+    from jumpgate.cli.logsetup import setup_logging
+    from jumpgate.core.aio import install_event_loop_policy
+    from jumpgate.core.config import load_config
+    from jumpgate.core.fsutil import atomic_write
+    from jumpgate.core.process import TeleportProcess
+
+    path = Path(config)
+    cfg = load_config(path)
+    log_cfg = cfg.teleport.log
+    setup_logging(level="DEBUG" if debug else log_cfg.severity, fmt=log_cfg.format.output, output=log_cfg.output)
+    pid_path = pid_file or cfg.teleport.pid_file
+    if pid_path:
+        atomic_write(pid_path, f"{os.getpid()}\n", mode=0o644)
+    install_event_loop_policy()
+    proc = TeleportProcess(cfg, config_path=path)
+    try:
+        asyncio.run(proc.run())
+    finally:
+        if pid_path:
+            Path(pid_path).unlink(missing_ok=True)
+
+
+@app.command()
+def configure(
+    output: str = typer.Option("stdout", "-o", "--output", help='Where to write: "stdout", "file" (/etc/teleport.yaml) or "file:///path"'),
+    cluster_name: str = typer.Option("", "--cluster-name", help="Name of the cluster [default: the host name]"),
+    public_addr: str = typer.Option("", "--public-addr", help="Public address of the proxy, host:port"),
+    data_dir: str = typer.Option("/var/lib/teleport", "--data-dir", help="Where the daemon keeps its state"),
+    nodename: str = typer.Option("", "--nodename", help="Name of this node [default: the host name]"),
+    web_listen_addr: str = typer.Option("0.0.0.0:3080", "--web-listen-addr", help="Proxy web port listen address"),
+    auth_listen_addr: str = typer.Option("0.0.0.0:3025", "--auth-listen-addr", help="Auth API listen address"),
+    second_factor: str = typer.Option("off", "--second-factor", help="off or otp"),
+) -> None:
+    """Write a teleport.yaml for an all-in-one node (auth + proxy)."""
+    import socket
+
+    from jumpgate.core.config import render_teleport_configure, write_output
+
+    node = nodename or socket.gethostname()
+    text = render_teleport_configure(
+        cluster_name=cluster_name or node,
+        public_addr=public_addr or None,
+        data_dir=data_dir,
+        nodename=node,
+        web_listen_addr=web_listen_addr,
+        auth_listen_addr=auth_listen_addr,
+        second_factor=second_factor,
+    )
+    written = write_output(text, output)
+    if output == "stdout":
+        print(written, end="")
+    else:
+        info(f"A Teleport configuration file has been created at {written!r}.\nTo start Teleport with this configuration file, run:\n\nteleport start --config={written!r}")
+
+
+@install_app.command("systemd")
+def install_systemd(
+    output: str = typer.Option("stdout", "-o", "--output", help='"stdout" or a file path for the unit'),
+    config: str = typer.Option("/etc/teleport.yaml", "--config", help="teleport.yaml the service runs with"),
+    teleport_path: str = typer.Option("", "--teleport-path", help="Path of the teleport binary [default: this one]"),
+    pid_file: str = typer.Option("/run/teleport.pid", "--pid-file", help="PID file of the service"),
+) -> None:
+    """Write a systemd unit that runs teleport start."""
+    import shutil
+
+    from jumpgate.core.config import render_systemd_unit
+    from jumpgate.core.fsutil import atomic_write
+
+    binary = teleport_path or shutil.which("teleport") or "/usr/local/bin/teleport"
+    text = render_systemd_unit(config_path=config, teleport_binary=binary, pid_file=pid_file)
+    if output in ("stdout", "-", ""):
+        print(text, end="")
+        return
+    path = output.removeprefix("file://")
+    atomic_write(path, text, mode=0o644)
+    info(f"Wrote systemd unit file: {path}")
+
+
+@db_configure_app.command("create")
+def db_configure_create(
+    output: str = typer.Option("stdout", "-o", "--output", help='"stdout", "file" (/etc/teleport.yaml) or "file:///path"'),
+    proxy: str = typer.Option("0.0.0.0:3080", "--proxy", help="Proxy address to join through, host[:port]"),
+    token: str = typer.Option("/tmp/token", "--token", help="Join token, or a path to a file holding it"),
+    ca_pin: list[str] = typer.Option([], "--ca-pin", help="CA pin(s) of the cluster, sha256:..."),
+    name: str = typer.Option("", "--name", help="Name of the database"),
+    protocol: str = typer.Option("", "--protocol", help="Database protocol, e.g. postgres"),
+    uri: str = typer.Option("", "--uri", help="Address of the database, host:port"),
+    labels: str = typer.Option("", "--labels", help="Static labels, k=v,k2=v2"),
+    description: str = typer.Option("", "--description", help="Description shown by tsh db ls"),
+    ca_cert_file: str = typer.Option("", "--ca-cert-file", help="CA that signed the database's certificate"),
+    trust_system_cert_pool: bool = typer.Option(False, "--trust-system-cert-pool", "--trust_system_cert_pool", help="Also trust the system CA pool"),
+    data_dir: str = typer.Option("/var/lib/teleport", "--data-dir", help="Where the agent keeps its state"),
+    nodename: str = typer.Option("", "--nodename", help="Name of this node [default: the host name]"),
+) -> None:
+    """Write a teleport.yaml for a Database Service agent."""
+    import inspect
+
+    from jumpgate.core.config import parse_labels, render_db_configure, write_output
+
+    kwargs = dict(
+        proxy=proxy,
+        token=token,
+        name=name,
+        protocol=protocol,
+        uri=uri,
+        labels=parse_labels(labels) if labels else {},
+        ca_cert_file=ca_cert_file or None,
+        trust_system_cert_pool=trust_system_cert_pool,
+        ca_pins=list(ca_pin),
+        data_dir=data_dir,
+        nodename=nodename or None,
+    )
+    if description and "description" in inspect.signature(render_db_configure).parameters:
+        kwargs["description"] = description
+    text = render_db_configure(**kwargs)  # type: ignore[arg-type]
+    written = write_output(text, output)
+    if output == "stdout":
+        print(written, end="")
+    else:
+        info(f"Wrote config to file {written!r}. Now you can start the server. Happy Teleporting!")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    run_app(app, prog="teleport")

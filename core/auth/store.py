@@ -1,0 +1,244 @@
+"""Typed resource storage over the backend, with an in-memory cache of hot kinds.
+
+Resources are stored as the JSON of their Teleport form (secrets included) under
+one key per resource. Roles, users and locks are read on every certificate
+request and every access decision, so they are cached in memory and kept fresh
+by a backend watch (writes by other auth processes on the same backend arrive as
+events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from jumpgate.core.aio import spawn
+from jumpgate.core.backend import Backend, EventType, Item, prefix_end
+from jumpgate.core.errors import AlreadyExists, BadParameter, NotFound
+from jumpgate.core.resources import Resource, canonical_kind, parse_resource, resource_to_dict
+
+log = logging.getLogger(__name__)
+
+#: Backend key prefix of each kind. Server heartbeats carry the host id in the key.
+PREFIXES: dict[str, str] = {
+    "role": "/roles/",
+    "user": "/users/",
+    "bot": "/bots/",
+    "token": "/tokens/",
+    "db": "/db/",
+    "db_server": "/db_servers/",
+    "app": "/apps/",
+    "app_server": "/app_servers/",
+    "lock": "/locks/",
+    "cert_authority": "/authorities/",
+    "cluster_name": "/cluster_configuration/name/",
+    "cluster_auth_preference": "/cluster_configuration/auth_preference/",
+}
+CACHED_KINDS = ("role", "user", "lock")
+
+#: Human plural used in messages.
+PLURAL = {"db": "databases", "app": "apps", "cert_authority": "cert authorities"}
+
+
+def storage_key(kind: str, name: str, *, host_id: str = "") -> str:
+    """Backend key of one resource."""
+    prefix = PREFIXES[kind]
+    if kind in ("db_server", "app_server"):
+        return f"{prefix}{name}/{host_id}"
+    return prefix + name
+
+
+class ResourceStore:
+    """CRUD for Teleport-shaped resources, cached for the kinds read on hot paths."""
+
+    def __init__(self, backend: Backend, clock: Callable[[], datetime]) -> None:
+        self.backend = backend
+        self.clock = clock
+        self._cache: dict[str, dict[str, Resource]] = {k: {} for k in CACHED_KINDS}
+        self._watch_task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[str, str, Resource | None], None]] = []
+        #: bumped on every change of a cached kind; callers key their own caches on it
+        self.generation = 0
+
+    # ----------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Load the cached kinds and follow changes made by anyone."""
+        ready = asyncio.Event()
+        self._watch_task = spawn(self._follow(ready), name="resource-cache")
+        await ready.wait()
+
+    async def close(self) -> None:
+        """Stop following changes."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            try:
+                await self._watch_task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def on_change(self, listener: Callable[[str, str, Resource | None], None]) -> None:
+        """Call ``listener(kind, name, resource_or_None)`` on every change of a cached kind."""
+        self._listeners.append(listener)
+
+    async def _reload(self) -> None:
+        for kind in CACHED_KINDS:
+            fresh: dict[str, Resource] = {}
+            for r in await self._scan(kind):
+                fresh[r.metadata.name] = r
+            self._cache[kind] = fresh
+        self.generation += 1
+
+    async def _follow(self, ready: asyncio.Event) -> None:
+        prefixes = [PREFIXES[k] for k in CACHED_KINDS]
+        kinds_by_prefix = {PREFIXES[k]: k for k in CACHED_KINDS}
+        while True:
+            try:
+                async with self.backend.watch(prefixes) as watcher:
+                    await self._reload()
+                    ready.set()
+                    async for ev in watcher:
+                        kind = next(
+                            (k for p, k in kinds_by_prefix.items() if ev.item.key.startswith(p)),
+                            None,
+                        )
+                        if kind is None:
+                            continue
+                        name = ev.item.key[len(PREFIXES[kind]) :]
+                        res: Resource | None = None
+                        if ev.type is EventType.PUT:
+                            res = self._decode(ev.item)
+                            self._cache[kind][name] = res
+                        else:
+                            self._cache[kind].pop(name, None)
+                        self.generation += 1
+                        for listener in list(self._listeners):
+                            listener(kind, name, res)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # watcher overflow or backend hiccup: re-sync
+                log.warning("resource cache lost its watch (%s); reloading", exc)
+                await asyncio.sleep(0.5)
+
+    # ------------------------------------------------------------------ encoding
+    def _decode(self, item: Item) -> Resource:
+        data = json.loads(item.value)
+        res = parse_resource(data)
+        return res
+
+    def _encode(self, res: Resource) -> bytes:
+        return json.dumps(resource_to_dict(res, with_secrets=True)).encode()
+
+    def _expires(self, res: Resource) -> datetime | None:
+        exp = res.metadata.expires
+        return exp if isinstance(exp, datetime) else None
+
+    # ----------------------------------------------------------------- reading
+    def cached(self, kind: str) -> dict[str, Resource]:
+        """The live cache of a cached kind (do not mutate)."""
+        return self._cache[kind]
+
+    async def _scan(self, kind: str) -> list[Resource]:
+        prefix = PREFIXES[kind]
+        items = await self.backend.get_range(prefix, prefix_end(prefix))
+        out = []
+        for item in items:
+            try:
+                out.append(self._decode(item))
+            except Exception as exc:  # one bad record must not hide the rest
+                log.error("skipping unreadable %s at %s: %s", kind, item.key, exc)
+        return out
+
+    async def list(self, kind: str) -> list[Resource]:
+        """Every live resource of ``kind``, sorted by name."""
+        kind = canonical_kind(kind)
+        if kind not in PREFIXES:
+            raise BadParameter(f"resources of kind {kind!r} are not stored by the auth service")
+        now = self.clock()
+        if kind in self._cache and self._watch_task is not None:
+            items = list(self._cache[kind].values())
+        else:
+            items = await self._scan(kind)
+        live = [r for r in items if not r.is_expired(now)]
+        return sorted(live, key=lambda r: r.metadata.name)
+
+    async def get(self, kind: str, name: str) -> Resource:
+        """One resource; :class:`NotFound` names the kind and the name."""
+        kind = canonical_kind(kind)
+        if kind in ("db_server", "app_server"):
+            found = [r for r in await self.list(kind) if r.metadata.name == name]
+            if not found:
+                raise NotFound(f'{kind} "{name}" not found')
+            return found[0]
+        if kind in self._cache and self._watch_task is not None:
+            res = self._cache[kind].get(name)
+            if res is None or res.is_expired(self.clock()):
+                raise NotFound(f'{kind} "{name}" not found')
+            return res
+        try:
+            item = await self.backend.get(storage_key(kind, name))
+        except NotFound:
+            raise NotFound(f'{kind} "{name}" not found') from None
+        return self._decode(item)
+
+    async def exists(self, kind: str, name: str) -> bool:
+        """Whether ``kind/name`` exists."""
+        try:
+            await self.get(kind, name)
+        except NotFound:
+            return False
+        return True
+
+    # ----------------------------------------------------------------- writing
+    async def put(self, res: Resource, *, create: bool = False, host_id: str = "") -> Resource:
+        """Store ``res``; with ``create`` refuse to overwrite (:class:`AlreadyExists`)."""
+        kind = res.kind
+        item = Item(
+            key=storage_key(kind, res.metadata.name, host_id=host_id),
+            value=self._encode(res),
+            expires=self._expires(res),
+        )
+        if create:
+            try:
+                await self.backend.create(item)
+            except AlreadyExists:
+                raise AlreadyExists(
+                    f'{kind} "{res.metadata.name}" already exists',
+                    hint="use -f/--force to overwrite it",
+                ) from None
+        else:
+            await self.backend.put(item)
+        if kind in self._cache:
+            self._cache[kind][res.metadata.name] = res
+            self.generation += 1
+        return res
+
+    async def delete(self, kind: str, name: str) -> None:
+        """Delete one resource; :class:`NotFound` when absent."""
+        kind = canonical_kind(kind)
+        if kind in ("db_server", "app_server"):
+            prefix = f"{PREFIXES[kind]}{name}/"
+            n = await self.backend.delete_range(prefix, prefix_end(prefix))
+            if not n:
+                raise NotFound(f'{kind} "{name}" not found')
+            return
+        try:
+            await self.backend.delete(storage_key(kind, name))
+        except NotFound:
+            raise NotFound(f'{kind} "{name}" not found') from None
+        if kind in self._cache:
+            self._cache[kind].pop(name, None)
+            self.generation += 1
+
+    async def get_raw(self, key: str) -> dict[str, Any]:
+        """A JSON record stored outside the resource kinds (e.g. password hashes)."""
+        item = await self.backend.get(key)
+        data: dict[str, Any] = json.loads(item.value)
+        return data
+
+    async def put_raw(self, key: str, data: dict[str, Any], *, expires: datetime | None = None) -> None:
+        """Store a JSON record outside the resource kinds."""
+        await self.backend.put(Item(key=key, value=json.dumps(data).encode(), expires=expires))

@@ -1,0 +1,1 @@
+"""Client-side engine shared by tctl, tsh, tbot and the dashboard."""

@@ -1,0 +1,330 @@
+"""``teleport start``: run the enabled services in one asyncio process.
+
+The process owns the data directory (an exclusive lock, so a second ``teleport
+start`` on the same directory refuses cleanly), the backend, and the services
+its ``teleport.yaml`` enables. It stops gracefully on SIGTERM/SIGINT, logging
+each step, and reloads its configuration on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import IO
+
+from jumpgate.core.auth.api import AuthAPI, server_ssl_context
+from jumpgate.core.auth.identityfile import IdentityFile
+from jumpgate.core.auth.server import AuthServer
+from jumpgate.core.backend.sqlite import SQLiteBackend
+from jumpgate.core.config import TeleportConfig, load_config, parse_hostport
+from jumpgate.core.errors import ConfigError
+from jumpgate.core.fsutil import atomic_write, ensure_private_dir
+from jumpgate.core.proxy.service import ProxyService, proxy_dns_names
+from jumpgate.core.tlsca import CAType, generate_private_key, private_key_to_pem, public_key_to_pem
+
+log = logging.getLogger(__name__)
+
+#: The local admin identity ``tctl`` uses on the auth host.
+ADMIN_IDENTITY = "proc/admin.pem"
+
+
+def admin_identity_path(data_dir: Path) -> Path:
+    """Where ``teleport start`` keeps the admin identity for local ``tctl``."""
+    return data_dir / ADMIN_IDENTITY
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host  # noqa: S104
+
+
+class DataDirLock:
+    """An exclusive ``flock`` on ``<data_dir>/process.lock`` holding our pid."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "process.lock"
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ConfigError naming the holder."""
+        ensure_private_dir(self.path.parent)
+        fh = self.path.open("a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise ConfigError(
+                f"data directory {self.path.parent} is in use by another teleport process (pid {holder})",
+                hint="stop that process first, or give this one its own teleport.data_dir",
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        """Drop the lock."""
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+@dataclass
+class Services:
+    """What is running."""
+
+    auth: AuthServer | None = None
+    auth_runner: object | None = None
+    auth_addr: tuple[str, int] | None = None
+    proxy: ProxyService | None = None
+    proxy_addrs: list[tuple[str, int]] = field(default_factory=list)
+    extra: list[object] = field(default_factory=list)
+
+
+class TeleportProcess:
+    """The supervisor behind ``teleport start``."""
+
+    def __init__(self, config: TeleportConfig, *, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.data_dir = config.data_dir
+        self._lock = DataDirLock(self.data_dir)
+        self._backend: SQLiteBackend | None = None
+        self.services = Services()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    # ------------------------------------------------------------------ helpers
+    def host_uuid(self) -> str:
+        """This node's id, created at first start (``<data_dir>/host_uuid``)."""
+        path = self.data_dir / "host_uuid"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            value = str(uuid.uuid4())
+            atomic_write(path, value + "\n", mode=0o600)
+            return value
+
+    def _write_keypair(self, name: str, cert_pem: bytes, key_pem: bytes) -> tuple[Path, Path]:
+        proc = ensure_private_dir(self.data_dir / "proc")
+        cert, key = proc / f"{name}.crt", proc / f"{name}.key"
+        atomic_write(key, key_pem, mode=0o600)
+        atomic_write(cert, cert_pem, mode=0o600)
+        return cert, key
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start every enabled service; raise on configuration problems."""
+        cfg = self.config
+        cfg.validate_supported()
+        ensure_private_dir(self.data_dir)
+        self._lock.acquire()
+        try:
+            await self._start_services()
+        except BaseException:
+            await self._stop_services()
+            self._lock.release()
+            raise
+        self.ready.set()
+
+    async def _start_services(self) -> None:
+        cfg = self.config
+        host_id = self.host_uuid()
+        if not (cfg.auth_enabled or cfg.proxy_enabled):
+            log.warning("no auth or proxy service enabled: nothing for this process to run yet")
+        if cfg.auth_enabled:
+            log.info("backend: SQLite at %s", cfg.backend_path)
+            self._backend = SQLiteBackend(cfg.backend_path)
+            cluster_name = cfg.auth_service.cluster_name or cfg.teleport.nodename
+            auth = AuthServer(
+                self._backend,
+                cluster_name=cluster_name,
+                second_factor=cfg.auth_service.authentication.second_factor,
+                proxy_public_addr=cfg.proxy_public_addr if cfg.proxy_enabled else "",
+                host_uuid=host_id,
+            )
+            await auth.start()
+            self.services.auth = auth
+            await self._start_auth_api(auth, host_id)
+        if cfg.proxy_enabled:
+            if self.services.auth is None:
+                raise ConfigError(
+                    "a proxy without a local auth service is not supported yet",
+                    hint="enable auth_service in the same teleport.yaml",
+                )
+            await self._start_proxy(self.services.auth, host_id)
+
+    async def _start_auth_api(self, auth: AuthServer, host_id: str) -> None:
+        cfg = self.config
+        host, port = parse_hostport(cfg.auth_service.listen_addr, 3025)
+        key = generate_private_key()
+        names = [cfg.teleport.nodename, "localhost", "127.0.0.1", "::1", *cfg.auth_service.public_addr]
+        names = [parse_hostport(n, 3025)[0] if ":" in n and not n.startswith("::") else n for n in names]
+        issued = auth.generate_host_cert(
+            public_key=public_key_to_pem(key.public_key()), host_id=host_id, role="Auth", dns_names=names
+        )
+        cert_file, key_file = self._write_keypair("auth", issued.cert_pem, private_key_to_pem(key))
+        client_cas = auth.ca_pem(CAType.HOST) + auth.ca_pem(CAType.USER)
+        ctx = server_ssl_context(
+            cert_file=str(cert_file),
+            key_file=str(key_file),
+            client_ca_pem=client_cas,
+            alpn=["http/1.1", f"teleport-auth@{auth.cluster_name}"],
+        )
+        from aiohttp import web  # daemon-only dependency
+
+        api = AuthAPI(auth)
+        import jumpgate.core.auth.methods  # noqa: F401 - registers the API methods
+
+        runner = web.AppRunner(api.app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host or None, port, ssl_context=ctx, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"auth_service.listen_addr {host}:{port}: {exc.strerror or exc}",
+                hint="another process may be using the port; pick another listen_addr",
+            ) from None
+        bound = runner.addresses[0] if runner.addresses else (host, port)
+        self.services.auth_runner = runner
+        self.services.auth_addr = (_connect_host(host), int(bound[1]))
+        log.info("auth: API listening on %s:%d (mutual TLS)", bound[0], bound[1])
+        # the local admin identity for tctl on this host
+        admin_key = generate_private_key()
+        admin = auth.generate_host_cert(
+            public_key=public_key_to_pem(admin_key.public_key()),
+            host_id=f"admin.{auth.cluster_name}",
+            role="Admin",
+            ttl=timedelta(days=365),
+        )
+        ensure_private_dir(self.data_dir / "proc")
+        IdentityFile(
+            key_pem=private_key_to_pem(admin_key),
+            cert_pem=admin.cert_pem,
+            ca_pems=(admin.host_ca_pem,),
+        ).write(admin_identity_path(self.data_dir))
+        atomic_write(
+            self.data_dir / "proc" / "auth_addr",
+            f"{self.services.auth_addr[0]}:{self.services.auth_addr[1]}\n",
+            mode=0o600,
+        )
+
+    async def _start_proxy(self, auth: AuthServer, host_id: str) -> None:
+        cfg = self.config
+        host, port = parse_hostport(cfg.proxy_service.web_listen_addr, 3080)
+        public_host = parse_hostport(cfg.proxy_public_addr, 3080)[0]
+        key = generate_private_key()
+        issued = auth.generate_host_cert(
+            public_key=public_key_to_pem(key.public_key()),
+            host_id=host_id,
+            role="Proxy",
+            dns_names=proxy_dns_names(public_host, cfg.teleport.nodename),
+        )
+        cert_file, key_file = self._write_keypair("proxy", issued.cert_pem, private_key_to_pem(key))
+        proxy = ProxyService(
+            auth,
+            listen_host=host,
+            listen_port=port,
+            public_addr=cfg.proxy_public_addr,
+            cert_file=cert_file,
+            key_file=key_file,
+            client_ca_pem=auth.ca_pem(CAType.USER) + auth.ca_pem(CAType.HOST),
+            auth_addr=self.services.auth_addr,
+        )
+        try:
+            self.services.proxy_addrs = await proxy.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"proxy_service.web_listen_addr {host}:{port}: {exc.strerror or exc}",
+                hint="another process may be using the port; pick another web_listen_addr",
+            ) from None
+        self.services.proxy = proxy
+
+    async def _stop_services(self) -> None:
+        s = self.services
+        if s.proxy is not None:
+            log.info("shutdown: closing the proxy's web port")
+            await s.proxy.close()
+        if s.auth_runner is not None:
+            log.info("shutdown: closing the auth API")
+            await s.auth_runner.cleanup()  # type: ignore[attr-defined]
+        if s.auth is not None:
+            log.info("shutdown: flushing the audit log")
+            await s.auth.close()
+        if self._backend is not None:
+            log.info("shutdown: closing the backend")
+            await self._backend.close()
+            self._backend = None
+        self.services = Services()
+
+    async def stop(self) -> None:
+        """Graceful shutdown, step by step."""
+        log.info("shutdown: stopping services")
+        await self._stop_services()
+        self._lock.release()
+        log.info("shutdown: complete")
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to shut down (signal handlers call this)."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Ask :meth:`run` to reload the configuration (SIGHUP)."""
+        self._reload.set()
+
+    async def _do_reload(self) -> None:
+        if self.config_path is None:
+            log.warning("reload: no configuration file to re-read; ignoring SIGHUP")
+            return
+        try:
+            new = load_config(self.config_path)
+            new.validate_supported()
+        except ConfigError as exc:
+            log.error("reload: keeping the running configuration: %s", exc)
+            return
+        if new.data_dir != self.data_dir:
+            log.error("reload: teleport.data_dir cannot change while running; keeping %s", self.data_dir)
+            return
+        log.info("reload: restarting services with %s", self.config_path)
+        await self._stop_services()
+        self.config = new
+        await self._start_services()
+        log.info("reload: done")
+
+    async def run(self) -> None:
+        """Start, then serve until SIGTERM/SIGINT; SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        for sig, fn in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop), (signal.SIGHUP, self.request_reload)):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, fn)
+        await self.start()
+        log.info("teleport: started (data dir %s)", self.data_dir)
+        try:
+            while not self._stop.is_set():
+                stop = asyncio.ensure_future(self._stop.wait())
+                reload = asyncio.ensure_future(self._reload.wait())
+                await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+                for t in (stop, reload):
+                    t.cancel()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    await self._do_reload()
+        finally:
+            await self.stop()

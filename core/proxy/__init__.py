@@ -1,0 +1,1 @@
+"""The proxy service: one public TLS port routed by ALPN and SNI."""

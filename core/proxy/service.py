@@ -1,0 +1,98 @@
+"""The proxy service: the web port, its certificate and its routes."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+
+from jumpgate.core.proxy.clienthello import ClientHello
+from jumpgate.core.proxy.router import TLSRouter, relay_raw
+from jumpgate.core.proxy.web import ClusterInfo, WebAPI
+
+log = logging.getLogger(__name__)
+
+#: ALPN prefix of the auth API pass-through (``teleport-auth@<cluster>``).
+AUTH_ALPN_PREFIX = "teleport-auth@"
+
+
+def proxy_dns_names(public_host: str, nodename: str) -> list[str]:
+    """Names the proxy certificate must cover: the public host, its app subdomains, loopback."""
+    names = [public_host, "localhost", "127.0.0.1", "::1", nodename]
+    try:
+        ipaddress.ip_address(public_host)
+    except ValueError:
+        names.append(f"*.{public_host}")
+    return list(dict.fromkeys(n for n in names if n))
+
+
+class ProxyService:
+    """Serve the web port: TLS routing, the web API, and the auth pass-through."""
+
+    def __init__(
+        self,
+        info: ClusterInfo,
+        *,
+        listen_host: str,
+        listen_port: int,
+        public_addr: str,
+        cert_file: Path,
+        key_file: Path,
+        client_ca_pem: bytes,
+        auth_addr: tuple[str, int] | None,
+    ) -> None:
+        self.info = info
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self.public_addr = public_addr
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.client_ca_pem = client_ca_pem
+        self.auth_addr = auth_addr
+        self.web = WebAPI(info, public_addr=public_addr, web_listen_addr=f"{listen_host}:{listen_port}")
+        self.router = TLSRouter(self._context_for)
+        self._runner: web.AppRunner | None = None
+        self.addresses: list[tuple[str, int]] = []
+
+    def _context_for(self, protocol: str) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        ctx.load_verify_locations(cadata=self.client_ca_pem.decode())
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.set_alpn_protocols([protocol])
+        return ctx
+
+    async def start(self) -> list[tuple[str, int]]:
+        """Start listening; returns the bound addresses."""
+        self._runner = web.AppRunner(self.web.app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        server = self._runner.server
+        assert server is not None
+        self.router.add_tls_route("http/1.1", server)
+        if self.auth_addr is not None:
+            self.router.add_raw_route(AUTH_ALPN_PREFIX, self._auth_passthrough, prefix=True)
+        self.addresses = await self.router.start(self.listen_host, self.listen_port)
+        for host, port in self.addresses:
+            log.info("proxy: web port listening on %s:%d (TLS routing: %s)", host, port, ", ".join(self.router.supported()))
+        return self.addresses
+
+    async def _auth_passthrough(self, sock: socket.socket, hello: ClientHello) -> None:
+        assert self.auth_addr is not None
+        cluster = next((p[len(AUTH_ALPN_PREFIX) :] for p in hello.alpn if p.startswith(AUTH_ALPN_PREFIX)), "")
+        if cluster and cluster != self.info.cluster_name:
+            log.warning("refusing auth pass-through for unknown cluster %r", cluster)
+            sock.close()
+            return
+        await relay_raw(sock, *self.auth_addr)
+
+    async def close(self) -> None:
+        """Stop accepting, then finish the web app."""
+        await self.router.close()
+        if self._runner is not None:
+            await asyncio.wait_for(self._runner.cleanup(), timeout=10)

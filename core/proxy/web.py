@@ -1,0 +1,153 @@
+"""The proxy's HTTPS API: what clients ask before they log in.
+
+``/webapi/ping`` and ``/webapi/find`` (also under ``/v1``) describe the cluster
+and the proxy; ``/webapi/auth/export`` hands out public CA certificates;
+``/.well-known/jwks.json`` publishes the keys that sign app JWTs.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Protocol
+
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from jumpgate.core.tlsca import CAType, CertAuthority
+from jumpgate.core.tlsca.export import EXPORT_TYPES, export_ca_type, render_export
+from jumpgate.core.version import VERSION
+
+MIN_CLIENT_VERSION = "0.1.0"
+
+class ClusterInfo(Protocol):
+    """What the web API needs from the auth service (in-process or remote)."""
+
+    cluster_name: str
+    second_factor: str
+    cas: dict[CAType, CertAuthority]
+
+
+def export_ca(info: ClusterInfo, export_type: str) -> bytes:
+    """The public material of one CA in the form ``tctl auth export`` prints."""
+    ca = info.cas[export_ca_type(export_type)]
+    return render_export(info.cluster_name, ca.trusted_certs, export_type)
+
+
+def _b64u(n: int) -> str:
+    raw = n.to_bytes((n.bit_length() + 7) // 8 or 1, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def jwks(info: ClusterInfo) -> dict[str, Any]:
+    """JSON Web Key Set of the ``jwt`` CA (ES256)."""
+    keys = []
+    for cert in info.cas[CAType.JWT].trusted_certs:
+        pub = cert.public_key()
+        if not isinstance(pub, ec.EllipticCurvePublicKey):
+            continue
+        nums = pub.public_numbers()
+        der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        import hashlib
+
+        kid = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+        keys.append(
+            {
+                "kty": "EC",
+                "crv": "P-256",
+                "alg": "ES256",
+                "use": "sig",
+                "kid": kid,
+                "x": _b64u(nums.x).rjust(43, "A"),
+                "y": _b64u(nums.y).rjust(43, "A"),
+            }
+        )
+    return {"keys": keys}
+
+
+class WebAPI:
+    """aiohttp routes of the proxy's web API."""
+
+    def __init__(self, info: ClusterInfo, *, public_addr: str, web_listen_addr: str) -> None:
+        self.info = info
+        self.public_addr = public_addr
+        self.web_listen_addr = web_listen_addr
+        self.app = web.Application()
+        r = self.app.router
+        for prefix in ("", "/v1"):
+            r.add_get(f"{prefix}/webapi/ping", self.ping)
+            r.add_get(f"{prefix}/webapi/ping/{{connector}}", self.ping)
+            r.add_get(f"{prefix}/webapi/find", self.find)
+            r.add_get(f"{prefix}/webapi/auth/export", self.auth_export)
+        r.add_get("/.well-known/jwks.json", self.jwks)
+        r.add_get("/", self.index)
+
+    def proxy_settings(self) -> dict[str, Any]:
+        """``proxy`` part of ping/find."""
+        return {
+            "kube": {"enabled": False},
+            "ssh": {
+                "listen_addr": "",
+                "tunnel_listen_addr": "",
+                "web_listen_addr": self.web_listen_addr,
+                "public_addr": self.public_addr,
+            },
+            "db": {},
+            "tls_routing_enabled": True,
+        }
+
+    def find_payload(self) -> dict[str, Any]:
+        """Body of ``/webapi/find``."""
+        return {
+            "proxy": self.proxy_settings(),
+            "server_version": VERSION,
+            "min_client_version": MIN_CLIENT_VERSION,
+            "cluster_name": self.info.cluster_name,
+            "automatic_upgrades": False,
+            "edition": "community",
+            "fips": False,
+        }
+
+    async def find(self, request: web.Request) -> web.Response:
+        """Cheap cluster discovery for agents."""
+        return web.json_response(self.find_payload())
+
+    async def ping(self, request: web.Request) -> web.Response:
+        """Discovery plus authentication settings, for clients about to log in."""
+        payload = self.find_payload()
+        payload["auth"] = {
+            "type": "local",
+            "second_factor": self.info.second_factor,
+            "preferred_local_mfa": "otp" if self.info.second_factor in ("otp", "on") else "",
+            "local": {"name": ""},
+            "private_key_policy": "none",
+            "allow_passwordless": False,
+            "allow_headless": False,
+            "has_motd": False,
+            "load_all_cas": False,
+            "signature_algorithm_suite": "balanced-v1",
+        }
+        return web.json_response(payload)
+
+    async def auth_export(self, request: web.Request) -> web.Response:
+        """Public CA certificates: ``?type=tls-host|tls-user|db|db-client|host|user|jwt``."""
+        export_type = request.query.get("type", "tls-host")
+        if export_type not in EXPORT_TYPES:
+            return web.json_response(
+                {"error": {"message": f"unknown CA type {export_type!r}; use one of {', '.join(EXPORT_TYPES)}"}},
+                status=400,
+            )
+        body = export_ca(self.info, export_type)
+        ctype = "application/octet-stream" if export_type.endswith("-der") else "text/plain"
+        return web.Response(body=body, content_type=ctype)
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        """Keys that verify ``Teleport-Jwt-Assertion`` tokens."""
+        return web.json_response(jwks(self.info))
+
+    async def index(self, request: web.Request) -> web.Response:
+        """A plain landing page (the web UI is not part of Jumpgate)."""
+        return web.Response(
+            text=f"Jumpgate proxy for cluster {self.info.cluster_name}. Use tsh, tbot or jumpgate.\n",
+            content_type="text/plain",
+        )
