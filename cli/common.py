@@ -11,14 +11,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, NoReturn
 
 #: Set by ``--debug`` (or the tool's DEBUG env var): show tracebacks.
 DEBUG = False
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     """``--format`` values for listings."""
 
     text = "text"
@@ -102,7 +102,9 @@ def run_app(app: Callable[..., Any], *, prog: str, argv: list[str] | None = None
 
     global DEBUG
     args = sys.argv[1:] if argv is None else argv
-    DEBUG = DEBUG or "--debug" in args or "-d" in args or os.environ.get(f"{prog.upper()}_DEBUG") == "1"
+    DEBUG = (
+        DEBUG or "--debug" in args or "-d" in args or os.environ.get(f"{prog.upper()}_DEBUG") == "1"
+    )
     try:
         app(args=args, prog_name=prog, standalone_mode=False)
     except JumpgateError as exc:
@@ -127,7 +129,18 @@ def run_app(app: Callable[..., Any], *, prog: str, argv: list[str] | None = None
 
 
 def _is_click_exception(exc: BaseException) -> bool:
-    return type(exc).__name__ in ("UsageError", "BadParameter", "NoSuchOption", "MissingParameter", "Abort", "BadOptionUsage", "BadArgumentUsage", "ClickException", "FileError", "Exit")
+    return type(exc).__name__ in (
+        "UsageError",
+        "BadParameter",
+        "NoSuchOption",
+        "MissingParameter",
+        "Abort",
+        "BadOptionUsage",
+        "BadArgumentUsage",
+        "ClickException",
+        "FileError",
+        "Exit",
+    )
 
 
 def _handle_click_exception(exc: Any) -> NoReturn:
@@ -165,7 +178,11 @@ def print_yaml(docs: Sequence[Any] | Any, *, multi: bool = False) -> None:
     import yaml  # lazily: start-up time
 
     def dump(d: Any) -> str:
-        return str(yaml.safe_dump(json.loads(json.dumps(d, default=_default)), sort_keys=False, allow_unicode=True))
+        return str(
+            yaml.safe_dump(
+                json.loads(json.dumps(d, default=_default)), sort_keys=False, allow_unicode=True
+            )
+        )
 
     if multi:
         print("---\n".join(dump(d) for d in docs), end="")
@@ -173,7 +190,9 @@ def print_yaml(docs: Sequence[Any] | Any, *, multi: bool = False) -> None:
         print(dump(docs), end="")
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, empty: str | None = None) -> None:
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], *, empty: str | None = None
+) -> None:
     """A table in Teleport's text layout: header, dashes, left-aligned columns.
 
     On a terminal the header is bold (rich); piped output stays plain ASCII.
@@ -186,6 +205,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, empty:
     for r in cells:
         for i, c in enumerate(r):
             widths[i] = max(widths[i], len(c))
+
     def line(values: Sequence[str]) -> str:
         return " ".join(v.ljust(widths[i]) for i, v in enumerate(values)).rstrip()
 

@@ -16,7 +16,9 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "timestamp": datetime.fromtimestamp(record.created, UTC)
+            .isoformat()
+            .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "component": record.name.removeprefix("jumpgate.core."),
             "message": record.getMessage(),
@@ -41,7 +43,9 @@ def setup_logging(*, level: str = "INFO", fmt: str = "text", output: str = "stde
         handler.setFormatter(JSONFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-5s [%(name)s] %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+            logging.Formatter(
+                "%(asctime)s %(levelname)-5s [%(name)s] %(message)s", "%Y-%m-%dT%H:%M:%S%z"
+            )
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

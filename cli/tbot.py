@@ -24,7 +24,9 @@ def version() -> None:
     """Print the version."""
     from jumpgate.core.version import TELEPORT_COMPAT, VERSION
 
-    print(f"Jumpgate tbot v{VERSION} (Teleport {TELEPORT_COMPAT} compatible) python{sys.version.split()[0]}")
+    print(
+        f"Jumpgate tbot v{VERSION} (Teleport {TELEPORT_COMPAT} compatible) python{sys.version.split()[0]}"
+    )
 
 
 @app.callback()

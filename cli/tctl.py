@@ -12,7 +12,6 @@ import typer
 from jumpgate.cli.common import (
     Format,
     hoist_global_flags,
-    info,
     print_json,
     print_kv,
     print_table,
@@ -33,8 +32,16 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-GLOBAL_FLAGS = {"-c": True, "--config": True, "--auth-server": True, "-i": True, "--identity": True,
-                "-d": False, "--debug": False, "--insecure": False}
+GLOBAL_FLAGS = {
+    "-c": True,
+    "--config": True,
+    "--auth-server": True,
+    "-i": True,
+    "--identity": True,
+    "-d": False,
+    "--debug": False,
+    "--insecure": False,
+}
 
 
 @dataclass
@@ -52,7 +59,9 @@ class Globals:
         if self._client is None:
             from jumpgate.core.client.admin import connect_admin
 
-            self._client = connect_admin(config=self.config, auth_server=self.auth_server, identity=self.identity)
+            self._client = connect_admin(
+                config=self.config, auth_server=self.auth_server, identity=self.identity
+            )
         return self._client  # type: ignore[no-any-return]
 
 
@@ -66,11 +75,28 @@ def g(ctx: typer.Context) -> Globals:
 @app.callback()
 def _root(
     ctx: typer.Context,
-    config: str = typer.Option(None, "-c", "--config", help="Path to teleport.yaml on the auth host [default: /etc/teleport.yaml]", envvar="TELEPORT_CONFIG_FILE", show_default=False),
-    auth_server: str = typer.Option(None, "--auth-server", help="Auth (3025) or proxy (web port) address, for remote use with -i"),
-    identity: str = typer.Option(None, "-i", "--identity", help="Identity file (from tctl auth sign --user or tbot)"),
+    config: str = typer.Option(
+        None,
+        "-c",
+        "--config",
+        help="Path to teleport.yaml on the auth host [default: /etc/teleport.yaml]",
+        envvar="TELEPORT_CONFIG_FILE",
+        show_default=False,
+    ),
+    auth_server: str = typer.Option(
+        None,
+        "--auth-server",
+        help="Auth (3025) or proxy (web port) address, for remote use with -i",
+    ),
+    identity: str = typer.Option(
+        None, "-i", "--identity", help="Identity file (from tctl auth sign --user or tbot)"
+    ),
     debug: bool = typer.Option(False, "-d", "--debug", help="Show tracebacks and debug logs"),
-    insecure: bool = typer.Option(False, "--insecure", help="Do not verify the proxy's certificate when fetching public CA data"),
+    insecure: bool = typer.Option(
+        False,
+        "--insecure",
+        help="Do not verify the proxy's certificate when fetching public CA data",
+    ),
 ) -> None:
     ctx.obj = Globals(config=config, auth_server=auth_server, identity=identity, insecure=insecure)
 
@@ -80,7 +106,9 @@ def version() -> None:
     """Print the version."""
     from jumpgate.core.version import TELEPORT_COMPAT, VERSION
 
-    print(f"Jumpgate tctl v{VERSION} (Teleport {TELEPORT_COMPAT} compatible) python{sys.version.split()[0]}")
+    print(
+        f"Jumpgate tctl v{VERSION} (Teleport {TELEPORT_COMPAT} compatible) python{sys.version.split()[0]}"
+    )
 
 
 @app.command()
@@ -97,8 +125,14 @@ def status(ctx: typer.Context) -> None:
 @app.command()
 def create(
     ctx: typer.Context,
-    filename: str = typer.Argument("-", metavar="[FILE|-]", help="YAML file with one or more resources; - or nothing reads stdin"),
-    force: bool = typer.Option(False, "-f", "--force", help="Overwrite resources that already exist"),
+    filename: str = typer.Argument(
+        "-",
+        metavar="[FILE|-]",
+        help="YAML file with one or more resources; - or nothing reads stdin",
+    ),
+    force: bool = typer.Option(
+        False, "-f", "--force", help="Overwrite resources that already exist"
+    ),
 ) -> None:
     """Create or update resources from a YAML file."""
     from jumpgate.core.errors import BadParameter, NotFound
@@ -116,16 +150,22 @@ def create(
             raise BadParameter(f"cannot read {filename}: {exc}") from None
     resources = parse_documents(text, source)
     if not resources:
-        raise BadParameter(f"{source} holds no resources", hint="write at least one YAML document with a kind")
-    done = g(ctx).client().call(
-        "resources.create",
-        resources=[resource_to_dict(r, with_secrets=True) for r in resources],
-        force=force,
+        raise BadParameter(
+            f"{source} holds no resources", hint="write at least one YAML document with a kind"
+        )
+    done = (
+        g(ctx)
+        .client()
+        .call(
+            "resources.create",
+            resources=[resource_to_dict(r, with_secrets=True) for r in resources],
+            force=force,
+        )
     )
     for item in done:
         print(f'{item["kind"]} "{item["name"]}" has been {item["action"]}')
         if item.get("token"):
-            print(f'  bot join token: {item["token"]}')
+            print(f"  bot join token: {item['token']}")
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -136,9 +176,13 @@ def _split_ref(ref: str) -> tuple[str, str]:
 @app.command()
 def get(
     ctx: typer.Context,
-    refs: str = typer.Argument(..., metavar="KIND[/NAME][,KIND2]", help="e.g. roles, role/access, db,app, bot/example"),
+    refs: str = typer.Argument(
+        ..., metavar="KIND[/NAME][,KIND2]", help="e.g. roles, role/access, db,app, bot/example"
+    ),
     format: Format = typer.Option(Format.yaml, "--format", help="Output format"),
-    with_secrets: bool = typer.Option(False, "--with-secrets", help="Include secrets (CA private keys); local admin only"),
+    with_secrets: bool = typer.Option(
+        False, "--with-secrets", help="Include secrets (CA private keys); local admin only"
+    ),
 ) -> None:
     """Print resources."""
     from jumpgate.core.resources import canonical_kind
@@ -147,7 +191,11 @@ def get(
     docs: list[dict[str, Any]] = []
     for ref in [r for r in refs.split(",") if r.strip()]:
         kind, name = _split_ref(ref)
-        kinds = ["user", "role", "token", "bot", "db", "app", "lock", "cert_authority", "cluster_name"] if kind == "all" else [canonical_kind(kind)]
+        kinds = (
+            ["user", "role", "token", "bot", "db", "app", "lock", "cert_authority", "cluster_name"]
+            if kind == "all"
+            else [canonical_kind(kind)]
+        )
         for k in kinds:
             docs.extend(client.call("resources.get", kind=k, name=name, with_secrets=with_secrets))
     if format is Format.json:
@@ -158,7 +206,14 @@ def get(
     else:
         print_table(
             ["Kind", "Name", "Labels"],
-            [[d["kind"], d["metadata"]["name"], ",".join(f"{k}={v}" for k, v in (d["metadata"].get("labels") or {}).items())] for d in docs],
+            [
+                [
+                    d["kind"],
+                    d["metadata"]["name"],
+                    ",".join(f"{k}={v}" for k, v in (d["metadata"].get("labels") or {}).items()),
+                ]
+                for d in docs
+            ],
             empty="No resources found.",
         )
 
@@ -166,14 +221,18 @@ def get(
 @app.command("rm")
 def rm(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., metavar="KIND/NAME", help="e.g. role/devs, lock/<id>, db/example"),
+    ref: str = typer.Argument(
+        ..., metavar="KIND/NAME", help="e.g. role/devs, lock/<id>, db/example"
+    ),
 ) -> None:
     """Delete a resource."""
     from jumpgate.core.errors import BadParameter
 
     kind, name = _split_ref(ref)
     if not kind or not name:
-        raise BadParameter(f"expected KIND/NAME, got {ref!r}", hint="for example: tctl rm role/devs")
+        raise BadParameter(
+            f"expected KIND/NAME, got {ref!r}", hint="for example: tctl rm role/devs"
+        )
     out = g(ctx).client().call("resources.delete", kind=kind, name=name)
     print(f'{out["kind"]} "{out["name"]}" has been deleted')
 
@@ -186,8 +245,12 @@ def lock(
     bot: str = typer.Option("", "--bot", help="Lock this bot (its user bot-NAME)"),
     bot_instance_id: str = typer.Option("", "--bot-instance-id", help="Lock one bot instance"),
     message: str = typer.Option("", "--message", help="Message shown to the locked identity"),
-    expires: str = typer.Option("", "--expires", help="When the lock ends (RFC3339, e.g. 2026-12-01T00:00:00Z)"),
-    ttl: str = typer.Option("", "--ttl", help="How long the lock lasts (e.g. 1h); default: until removed"),
+    expires: str = typer.Option(
+        "", "--expires", help="When the lock ends (RFC3339, e.g. 2026-12-01T00:00:00Z)"
+    ),
+    ttl: str = typer.Option(
+        "", "--ttl", help="How long the lock lasts (e.g. 1h); default: until removed"
+    ),
 ) -> None:
     """Lock a user, role or bot out of the cluster; live sessions end too."""
     from datetime import UTC, datetime
@@ -204,8 +267,14 @@ def lock(
         try:
             when = datetime.fromisoformat(expires.replace("Z", "+00:00")).isoformat()
         except ValueError:
-            raise BadParameter(f"--expires {expires!r} is not an RFC3339 time", hint="e.g. 2026-12-01T00:00:00Z") from None
-    target = {"user": user or (f"bot-{bot}" if bot else ""), "role": role, "bot_instance_id": bot_instance_id}
+            raise BadParameter(
+                f"--expires {expires!r} is not an RFC3339 time", hint="e.g. 2026-12-01T00:00:00Z"
+            ) from None
+    target = {
+        "user": user or (f"bot-{bot}" if bot else ""),
+        "role": role,
+        "bot_instance_id": bot_instance_id,
+    }
     res = g(ctx).client().call("locks.create", target=target, message=message, expires=when or None)
     print(f'Created a lock with name "{res["metadata"]["name"]}".')
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from jumpgate.cli.common import info, split_csv, warn
+from jumpgate.cli.common import split_csv, warn
 
 auth_app = typer.Typer(help="Certificates and certificate authorities.", no_args_is_help=True)
 
@@ -41,11 +41,19 @@ def _ctx_globals(ctx: typer.Context) -> Any:
 def sign(
     ctx: typer.Context,
     user: str = typer.Option("", "--user", help="Sign an identity for this user"),
-    host: str = typer.Option("", "--host", help="Comma-separated host names/IPs for a database server certificate"),
-    out: str = typer.Option(..., "-o", "--out", help="Output path (files get .crt/.key/.cas as the format needs)"),
-    format: str = typer.Option("", "--format", help="file (identity), tls, db, mongodb, cockroachdb"),
+    host: str = typer.Option(
+        "", "--host", help="Comma-separated host names/IPs for a database server certificate"
+    ),
+    out: str = typer.Option(
+        ..., "-o", "--out", help="Output path (files get .crt/.key/.cas as the format needs)"
+    ),
+    format: str = typer.Option(
+        "", "--format", help="file (identity), tls, db, mongodb, cockroachdb"
+    ),
     ttl: str = typer.Option("", "--ttl", help="Certificate TTL [default: 12h]"),
-    db_service: str = typer.Option("", "--db-service", help="Route the user certificate to this database"),
+    db_service: str = typer.Option(
+        "", "--db-service", help="Route the user certificate to this database"
+    ),
     db_user: str = typer.Option("", "--db-user", help="Database user for --db-service"),
     db_name: str = typer.Option("", "--db-name", help="Database name for --db-service"),
     db_protocol: str = typer.Option("postgres", "--db-protocol", help="Protocol of --db-service"),
@@ -54,13 +62,20 @@ def sign(
     """Sign a database server certificate (--host) or a user identity (--user)."""
     from pathlib import Path
 
-    from jumpgate.core.client.certfiles import DB_FORMATS, write_server_credentials, write_user_credentials
+    from jumpgate.core.client.certfiles import (
+        DB_FORMATS,
+        write_server_credentials,
+        write_user_credentials,
+    )
     from jumpgate.core.durations import parse_duration
     from jumpgate.core.errors import AlreadyExists, BadParameter
     from jumpgate.core.tlsca import generate_private_key, private_key_to_pem, public_key_to_pem
 
     if bool(user) == bool(host):
-        raise BadParameter("pass exactly one of --user or --host", hint="--host=db.example.com for a database server")
+        raise BadParameter(
+            "pass exactly one of --user or --host",
+            hint="--host=db.example.com for a database server",
+        )
     ttl_s = parse_duration(ttl, field="--ttl").total_seconds() if ttl else None
     key = generate_private_key()
     pub = public_key_to_pem(key.public_key()).decode()
@@ -68,7 +83,10 @@ def sign(
     if host:
         fmt = format or "db"
         if fmt not in DB_FORMATS:
-            raise BadParameter(f"--format={fmt} cannot be used with --host", hint="use one of: " + ", ".join(DB_FORMATS))
+            raise BadParameter(
+                f"--format={fmt} cannot be used with --host",
+                hint="use one of: " + ", ".join(DB_FORMATS),
+            )
         _refuse_overwrite(out, fmt, overwrite)
         resp = client.call("certs.db_server", public_key=pub, hosts=split_csv(host), ttl=ttl_s)
         files = write_server_credentials(
@@ -86,10 +104,17 @@ def sign(
     fmt = format or "file"
     route = None
     if db_service:
-        route = {"service_name": db_service, "protocol": db_protocol, "username": db_user, "database": db_name}
+        route = {
+            "service_name": db_service,
+            "protocol": db_protocol,
+            "username": db_user,
+            "database": db_name,
+        }
     if not overwrite and Path(out).exists() and fmt == "file":
         raise AlreadyExists(f"{out} already exists", hint="pass --overwrite to replace it")
-    resp = client.call("certs.user", public_key=pub, username=user, ttl=ttl_s, route_to_database=route)
+    resp = client.call(
+        "certs.user", public_key=pub, username=user, ttl=ttl_s, route_to_database=route
+    )
     files = write_user_credentials(
         fmt,
         out,
@@ -108,16 +133,24 @@ def _refuse_overwrite(out: str, fmt: str, overwrite: bool) -> None:
     if overwrite:
         return
     base = Path(out)
-    candidates = [base / "node.crt"] if fmt == "cockroachdb" else [base.with_name(base.name + s) for s in (".crt", ".key", ".cas")]
+    candidates = (
+        [base / "node.crt"]
+        if fmt == "cockroachdb"
+        else [base.with_name(base.name + s) for s in (".crt", ".key", ".cas")]
+    )
     existing = [str(p) for p in candidates if p.exists()]
     if existing:
-        raise AlreadyExists(f"{', '.join(existing)} already exist(s)", hint="pass --overwrite to replace them")
+        raise AlreadyExists(
+            f"{', '.join(existing)} already exist(s)", hint="pass --overwrite to replace them"
+        )
 
 
 @auth_app.command("export")
 def export(
     ctx: typer.Context,
-    type: str = typer.Option("", "--type", help="tls-host, tls-user, db, db-client, host, user, jwt (and *-der)"),
+    type: str = typer.Option(
+        "", "--type", help="tls-host, tls-user, db, db-client, host, user, jwt (and *-der)"
+    ),
 ) -> None:
     """Print public CA certificates."""
     from jumpgate.core.client.admin import fetch_ca_export
@@ -126,7 +159,9 @@ def export(
 
     export_type = type or "tls-host"
     if export_type not in EXPORT_TYPES:
-        raise BadParameter(f"unknown --type {export_type!r}", hint="use one of: " + ", ".join(EXPORT_TYPES))
+        raise BadParameter(
+            f"unknown --type {export_type!r}", hint="use one of: " + ", ".join(EXPORT_TYPES)
+        )
     gl = _ctx_globals(ctx)
     if gl.auth_server and not gl.identity:
         fetched = fetch_ca_export(gl.auth_server, export_type)

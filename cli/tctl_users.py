@@ -7,7 +7,16 @@ from typing import Any
 
 import typer
 
-from jumpgate.cli.common import Format, info, labels_text, print_json, print_table, print_yaml, split_csv, warn
+from jumpgate.cli.common import (
+    Format,
+    info,
+    labels_text,
+    print_json,
+    print_table,
+    print_yaml,
+    split_csv,
+    warn,
+)
 
 users_app = typer.Typer(help="Manage local users.", no_args_is_help=True)
 bots_app = typer.Typer(help="Manage Machine ID bots.", no_args_is_help=True)
@@ -46,15 +55,26 @@ def users_add(
     name: str = typer.Argument(..., help="User name"),
     roles: str = typer.Option("", "--roles", help="Comma-separated roles, e.g. access,editor"),
     logins: str = typer.Option(None, "--logins", help="Allowed OS logins (trait logins)"),
-    db_users: str = typer.Option(None, "--db-users", help="Allowed database users (trait db_users); * for any"),
-    db_names: str = typer.Option(None, "--db-names", help="Allowed database names (trait db_names); * for any"),
-    db_roles: str = typer.Option(None, "--db-roles", help="Database roles for auto-provisioned users (trait db_roles)"),
+    db_users: str = typer.Option(
+        None, "--db-users", help="Allowed database users (trait db_users); * for any"
+    ),
+    db_names: str = typer.Option(
+        None, "--db-names", help="Allowed database names (trait db_names); * for any"
+    ),
+    db_roles: str = typer.Option(
+        None, "--db-roles", help="Database roles for auto-provisioned users (trait db_roles)"
+    ),
     ttl: str = typer.Option("", "--ttl", help="How long the invite link is valid [default: 1h]"),
     format: Format = typer.Option(Format.text, "--format", help="Output format"),
 ) -> None:
     """Create a local user and print its invite link."""
     params: dict[str, Any] = {"name": name, "roles": split_csv(roles), "ttl": _ttl(ttl)}
-    for key, val in (("logins", logins), ("db_users", db_users), ("db_names", db_names), ("db_roles", db_roles)):
+    for key, val in (
+        ("logins", logins),
+        ("db_users", db_users),
+        ("db_names", db_names),
+        ("db_roles", db_roles),
+    ):
         if val is not None:
             params[key] = split_csv(val)
     out = _client(ctx).call("users.add", **params)
@@ -85,7 +105,12 @@ def users_update(
     params: dict[str, Any] = {"name": name}
     if set_roles is not None:
         params["roles"] = split_csv(set_roles)
-    for key, val in (("logins", set_logins), ("db_users", set_db_users), ("db_names", set_db_names), ("db_roles", set_db_roles)):
+    for key, val in (
+        ("logins", set_logins),
+        ("db_users", set_db_users),
+        ("db_names", set_db_names),
+        ("db_roles", set_db_roles),
+    ):
         if val is not None:
             params[key] = split_csv(val)
     if len(params) == 1:
@@ -103,17 +128,27 @@ def users_update(
 @users_app.command("ls")
 def users_ls(ctx: typer.Context, format: Format = typer.Option(Format.text, "--format")) -> None:
     """List users (bots are listed by tctl bots ls)."""
-    users = [u for u in _client(ctx).call("resources.get", kind="user") if not u["metadata"].get("labels", {}).get("teleport.internal/bot")]
+    users = [
+        u
+        for u in _client(ctx).call("resources.get", kind="user")
+        if not u["metadata"].get("labels", {}).get("teleport.internal/bot")
+    ]
     if format is Format.json:
         print_json(users)
     elif format is Format.yaml:
         print_yaml(users, multi=True)
     else:
-        print_table(["User", "Roles"], [[u["metadata"]["name"], ",".join(u["spec"].get("roles", []))] for u in users], empty="No users found.")
+        print_table(
+            ["User", "Roles"],
+            [[u["metadata"]["name"], ",".join(u["spec"].get("roles", []))] for u in users],
+            empty="No users found.",
+        )
 
 
 @users_app.command("rm")
-def users_rm(ctx: typer.Context, names: str = typer.Argument(..., help="Comma-separated user names")) -> None:
+def users_rm(
+    ctx: typer.Context, names: str = typer.Argument(..., help="Comma-separated user names")
+) -> None:
     """Delete users."""
     client = _client(ctx)
     for name in split_csv(names):
@@ -178,14 +213,18 @@ def bots_add(
     name: str = typer.Argument(..., help="Bot name"),
     roles: str = typer.Option("", "--roles", help="Roles the bot may assume"),
     logins: str = typer.Option("", "--logins", help="Logins the bot may use"),
-    token: str = typer.Option("", "--token", help="Use an existing bot join token instead of creating one"),
+    token: str = typer.Option(
+        "", "--token", help="Use an existing bot join token instead of creating one"
+    ),
     ttl: str = typer.Option("", "--ttl", help="TTL of the join token [default: 1h]"),
     format: Format = typer.Option(Format.text, "--format", help="text or json"),
 ) -> None:
     """Create a bot and a single-use join token for it."""
     role_list = split_csv(roles)
     if not role_list:
-        warn("No roles specified - the bot will not be able to produce outputs until a role is added to the bot")
+        warn(
+            "No roles specified - the bot will not be able to produce outputs until a role is added to the bot"
+        )
     out = _client(ctx).call(
         "bots.add", name=name, roles=role_list, logins=split_csv(logins), token=token, ttl=_ttl(ttl)
     )
@@ -218,7 +257,11 @@ def bots_update(
     if not (add_roles or add_logins) and set_roles is None and set_logins is None:
         info("No changes requested, nothing to do")
         return
-    params: dict[str, Any] = {"name": name, "add_roles": split_csv(add_roles), "add_logins": split_csv(add_logins)}
+    params: dict[str, Any] = {
+        "name": name,
+        "add_roles": split_csv(add_roles),
+        "add_logins": split_csv(add_logins),
+    }
     if set_roles is not None:
         params["set_roles"] = split_csv(set_roles)
     if set_logins is not None:
@@ -251,7 +294,11 @@ def bots_ls(ctx: typer.Context, format: Format = typer.Option(Format.text, "--fo
                 f"yes ({st['lock']})" if st.get("locked") else "no",
             ]
         )
-    print_table(["Bot", "User", "Roles", "Generation", "Last Renewal", "Locked"], rows, empty="No bots found")
+    print_table(
+        ["Bot", "User", "Roles", "Generation", "Last Renewal", "Locked"],
+        rows,
+        empty="No bots found",
+    )
 
 
 @bots_app.command("rm")
@@ -265,14 +312,22 @@ def bots_rm(ctx: typer.Context, name: str = typer.Argument(..., help="Bot name")
 @tokens_app.command("add")
 def tokens_add(
     ctx: typer.Context,
-    type: str = typer.Option(..., "--type", help="Comma-separated: db, app, node, bot, proxy, kube"),
+    type: str = typer.Option(
+        ..., "--type", help="Comma-separated: db, app, node, bot, proxy, kube"
+    ),
     ttl: str = typer.Option("30m", "--ttl", help="How long the token is valid"),
     value: str = typer.Option("", "--value", help="Use this token value instead of a random one"),
     labels: str = typer.Option("", "--labels", help="Labels k=v,k2=v2 attached to the token"),
-    app_name: str = typer.Option("example-app", "--app-name", help="App name for the printed join command"),
-    app_uri: str = typer.Option("http://localhost:8080", "--app-uri", help="App URI for the printed join command"),
+    app_name: str = typer.Option(
+        "example-app", "--app-name", help="App name for the printed join command"
+    ),
+    app_uri: str = typer.Option(
+        "http://localhost:8080", "--app-uri", help="App URI for the printed join command"
+    ),
     db_name: str = typer.Option("", "--db-name", help="Database name for the printed join command"),
-    db_protocol: str = typer.Option("", "--db-protocol", help="Database protocol for the printed join command"),
+    db_protocol: str = typer.Option(
+        "", "--db-protocol", help="Database protocol for the printed join command"
+    ),
     db_uri: str = typer.Option("", "--db-uri", help="Database URI for the printed join command"),
     format: str = typer.Option("", "--format", help="text (only the token), json or yaml"),
 ) -> None:
@@ -283,14 +338,24 @@ def tokens_add(
     if format not in ("", "text", "json", "yaml"):
         raise BadParameter(f"--format must be text, json or yaml, not {format!r}")
     roles = split_csv(type)
-    out = _client(ctx).call("tokens.add", roles=roles, ttl=_ttl(ttl), value=value, labels=parse_labels(labels) if labels else {})
+    out = _client(ctx).call(
+        "tokens.add",
+        roles=roles,
+        ttl=_ttl(ttl),
+        value=value,
+        labels=parse_labels(labels) if labels else {},
+    )
     tok = out["token"]
     name = tok["metadata"]["name"]
     if format == "text":
         print(name)
         return
     if format in ("json", "yaml"):
-        data = {"token": name, "roles": tok["spec"]["roles"], "expires": tok["metadata"].get("expires")}
+        data = {
+            "token": name,
+            "roles": tok["spec"]["roles"],
+            "expires": tok["metadata"].get("expires"),
+        }
         print_json(data, indent=1) if format == "json" else print_yaml(data)
         return
     ttl_s = _ttl(ttl) or 1800
@@ -350,8 +415,17 @@ def tokens_ls(
             dt = datetime.fromisoformat(exp.replace("Z", "+00:00")).astimezone(UTC)
             left = dt - datetime.now(UTC)
             exp = f"{dt:%d %b %y %H:%M UTC} ({_human(max(0.0, left.total_seconds()))})"
-        rows.append([t["metadata"]["name"], ",".join(t["spec"]["roles"]), labels_text(t["metadata"].get("labels") or {}), exp])
-    print_table(["Token", "Type", "Labels", "Expiry Time (UTC)"], rows, empty="No active tokens found.")
+        rows.append(
+            [
+                t["metadata"]["name"],
+                ",".join(t["spec"]["roles"]),
+                labels_text(t["metadata"].get("labels") or {}),
+                exp,
+            ]
+        )
+    print_table(
+        ["Token", "Type", "Labels", "Expiry Time (UTC)"], rows, empty="No active tokens found."
+    )
 
 
 @tokens_app.command("rm")

@@ -30,12 +30,20 @@ def version() -> None:
     """Print the version."""
     from jumpgate.core.version import TELEPORT_COMPAT, VERSION
 
-    print(f"Jumpgate teleport v{VERSION} (Teleport {TELEPORT_COMPAT} compatible) python{sys.version.split()[0]}")
+    print(
+        f"Jumpgate teleport v{VERSION} (Teleport {TELEPORT_COMPAT} compatible) python{sys.version.split()[0]}"
+    )
 
 
 @app.command()
 def start(
-    config: str = typer.Option("/etc/teleport.yaml", "-c", "--config", envvar="TELEPORT_CONFIG_FILE", help="Path to teleport.yaml"),
+    config: str = typer.Option(
+        "/etc/teleport.yaml",
+        "-c",
+        "--config",
+        envvar="TELEPORT_CONFIG_FILE",
+        help="Path to teleport.yaml",
+    ),
     debug: bool = typer.Option(False, "-d", "--debug", help="Debug logging"),
     pid_file: str = typer.Option("", "--pid-file", help="Write the process id to this file"),
 ) -> None:
@@ -53,7 +61,11 @@ def start(
     path = Path(config)
     cfg = load_config(path)
     log_cfg = cfg.teleport.log
-    setup_logging(level="DEBUG" if debug else log_cfg.severity, fmt=log_cfg.format.output, output=log_cfg.output)
+    setup_logging(
+        level="DEBUG" if debug else log_cfg.severity,
+        fmt=log_cfg.format.output,
+        output=log_cfg.output,
+    )
     pid_path = pid_file or cfg.teleport.pid_file
     if pid_path:
         atomic_write(pid_path, f"{os.getpid()}\n", mode=0o644)
@@ -68,13 +80,30 @@ def start(
 
 @app.command()
 def configure(
-    output: str = typer.Option("stdout", "-o", "--output", help='Where to write: "stdout", "file" (/etc/teleport.yaml) or "file:///path"'),
-    cluster_name: str = typer.Option("", "--cluster-name", help="Name of the cluster [default: the host name]"),
-    public_addr: str = typer.Option("", "--public-addr", help="Public address of the proxy, host:port"),
-    data_dir: str = typer.Option("/var/lib/teleport", "--data-dir", help="Where the daemon keeps its state"),
-    nodename: str = typer.Option("", "--nodename", help="Name of this node [default: the host name]"),
-    web_listen_addr: str = typer.Option("0.0.0.0:3080", "--web-listen-addr", help="Proxy web port listen address"),
-    auth_listen_addr: str = typer.Option("0.0.0.0:3025", "--auth-listen-addr", help="Auth API listen address"),
+    output: str = typer.Option(
+        "stdout",
+        "-o",
+        "--output",
+        help='Where to write: "stdout", "file" (/etc/teleport.yaml) or "file:///path"',
+    ),
+    cluster_name: str = typer.Option(
+        "", "--cluster-name", help="Name of the cluster [default: the host name]"
+    ),
+    public_addr: str = typer.Option(
+        "", "--public-addr", help="Public address of the proxy, host:port"
+    ),
+    data_dir: str = typer.Option(
+        "/var/lib/teleport", "--data-dir", help="Where the daemon keeps its state"
+    ),
+    nodename: str = typer.Option(
+        "", "--nodename", help="Name of this node [default: the host name]"
+    ),
+    web_listen_addr: str = typer.Option(
+        "0.0.0.0:3080", "--web-listen-addr", help="Proxy web port listen address"
+    ),
+    auth_listen_addr: str = typer.Option(
+        "0.0.0.0:3025", "--auth-listen-addr", help="Auth API listen address"
+    ),
     second_factor: str = typer.Option("off", "--second-factor", help="off or otp"),
 ) -> None:
     """Write a teleport.yaml for an all-in-one node (auth + proxy)."""
@@ -96,14 +125,22 @@ def configure(
     if output == "stdout":
         print(written, end="")
     else:
-        info(f"A Teleport configuration file has been created at {written!r}.\nTo start Teleport with this configuration file, run:\n\nteleport start --config={written!r}")
+        info(
+            f"A Teleport configuration file has been created at {written!r}.\nTo start Teleport with this configuration file, run:\n\nteleport start --config={written!r}"
+        )
 
 
 @install_app.command("systemd")
 def install_systemd(
-    output: str = typer.Option("stdout", "-o", "--output", help='"stdout" or a file path for the unit'),
-    config: str = typer.Option("/etc/teleport.yaml", "--config", help="teleport.yaml the service runs with"),
-    teleport_path: str = typer.Option("", "--teleport-path", help="Path of the teleport binary [default: this one]"),
+    output: str = typer.Option(
+        "stdout", "-o", "--output", help='"stdout" or a file path for the unit'
+    ),
+    config: str = typer.Option(
+        "/etc/teleport.yaml", "--config", help="teleport.yaml the service runs with"
+    ),
+    teleport_path: str = typer.Option(
+        "", "--teleport-path", help="Path of the teleport binary [default: this one]"
+    ),
     pid_file: str = typer.Option("/run/teleport.pid", "--pid-file", help="PID file of the service"),
 ) -> None:
     """Write a systemd unit that runs teleport start."""
@@ -124,38 +161,55 @@ def install_systemd(
 
 @db_configure_app.command("create")
 def db_configure_create(
-    output: str = typer.Option("stdout", "-o", "--output", help='"stdout", "file" (/etc/teleport.yaml) or "file:///path"'),
-    proxy: str = typer.Option("0.0.0.0:3080", "--proxy", help="Proxy address to join through, host[:port]"),
-    token: str = typer.Option("/tmp/token", "--token", help="Join token, or a path to a file holding it"),
+    output: str = typer.Option(
+        "stdout", "-o", "--output", help='"stdout", "file" (/etc/teleport.yaml) or "file:///path"'
+    ),
+    proxy: str = typer.Option(
+        "0.0.0.0:3080", "--proxy", help="Proxy address to join through, host[:port]"
+    ),
+    token: str = typer.Option(
+        "/tmp/token", "--token", help="Join token, or a path to a file holding it"
+    ),
     ca_pin: list[str] = typer.Option([], "--ca-pin", help="CA pin(s) of the cluster, sha256:..."),
     name: str = typer.Option("", "--name", help="Name of the database"),
     protocol: str = typer.Option("", "--protocol", help="Database protocol, e.g. postgres"),
     uri: str = typer.Option("", "--uri", help="Address of the database, host:port"),
     labels: str = typer.Option("", "--labels", help="Static labels, k=v,k2=v2"),
     description: str = typer.Option("", "--description", help="Description shown by tsh db ls"),
-    ca_cert_file: str = typer.Option("", "--ca-cert-file", help="CA that signed the database's certificate"),
-    trust_system_cert_pool: bool = typer.Option(False, "--trust-system-cert-pool", "--trust_system_cert_pool", help="Also trust the system CA pool"),
-    data_dir: str = typer.Option("/var/lib/teleport", "--data-dir", help="Where the agent keeps its state"),
-    nodename: str = typer.Option("", "--nodename", help="Name of this node [default: the host name]"),
+    ca_cert_file: str = typer.Option(
+        "", "--ca-cert-file", help="CA that signed the database's certificate"
+    ),
+    trust_system_cert_pool: bool = typer.Option(
+        False,
+        "--trust-system-cert-pool",
+        "--trust_system_cert_pool",
+        help="Also trust the system CA pool",
+    ),
+    data_dir: str = typer.Option(
+        "/var/lib/teleport", "--data-dir", help="Where the agent keeps its state"
+    ),
+    nodename: str = typer.Option(
+        "", "--nodename", help="Name of this node [default: the host name]"
+    ),
 ) -> None:
     """Write a teleport.yaml for a Database Service agent."""
     import inspect
 
     from jumpgate.core.config import parse_labels, render_db_configure, write_output
 
-    kwargs = dict(
-        proxy=proxy,
-        token=token,
-        name=name,
-        protocol=protocol,
-        uri=uri,
-        labels=parse_labels(labels) if labels else {},
-        ca_cert_file=ca_cert_file or None,
-        trust_system_cert_pool=trust_system_cert_pool,
-        ca_pins=list(ca_pin),
-        data_dir=data_dir,
-        nodename=nodename or None,
-    )
+    kwargs: dict[str, object] = {
+        "proxy": proxy,
+        "token": token,
+        "name": name,
+        "protocol": protocol,
+        "uri": uri,
+        "labels": parse_labels(labels) if labels else {},
+        "ca_cert_file": ca_cert_file or None,
+        "trust_system_cert_pool": trust_system_cert_pool,
+        "ca_pins": list(ca_pin),
+        "data_dir": data_dir,
+        "nodename": nodename or None,
+    }
     if description and "description" in inspect.signature(render_db_configure).parameters:
         kwargs["description"] = description
     text = render_db_configure(**kwargs)  # type: ignore[arg-type]

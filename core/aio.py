@@ -8,6 +8,7 @@ strong reference until it finishes, and logs an exception nobody awaited.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -39,7 +40,16 @@ def spawn(coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
 def install_event_loop_policy() -> None:
     """Use uvloop when it is installed (it is a hard dependency on Linux)."""
     try:
-        import uvloop  # noqa: PLC0415 - optional speed-up, imported only by daemons
+        import uvloop
     except ImportError:  # pragma: no cover - non-Linux
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` and wait for it to finish, swallowing its cancellation or error."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

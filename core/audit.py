@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jumpgate.core.aio import spawn
+from jumpgate.core.aio import cancel_and_wait, spawn
 from jumpgate.core.backend import Backend, Item, prefix_end
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,11 @@ class AuditLog:
         record.update({k: v for k, v in fields.items() if v is not None})
         key = f"{EVENTS_PREFIX}{now.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')}/{uid}"
         self._queue.append(
-            Item(key=key, value=json.dumps(record, sort_keys=True).encode(), expires=now + self._retention)
+            Item(
+                key=key,
+                value=json.dumps(record, sort_keys=True).encode(),
+                expires=now + self._retention,
+            )
         )
         for listener in list(self._listeners):
             try:
@@ -157,13 +161,8 @@ class AuditLog:
 
     async def close(self) -> None:
         """Flush and stop the writer."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.flush()
 
     async def search(

@@ -24,7 +24,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int =
             fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, p)
+        Path(tmp).replace(p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             Path(tmp).unlink()

@@ -43,7 +43,7 @@ def admin_identity_path(data_dir: Path) -> Path:
 
 
 def _connect_host(host: str) -> str:
-    return "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host  # noqa: S104
+    return "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
 
 
 class DataDirLock:
@@ -173,10 +173,21 @@ class TeleportProcess:
         cfg = self.config
         host, port = parse_hostport(cfg.auth_service.listen_addr, 3025)
         key = generate_private_key()
-        names = [cfg.teleport.nodename, "localhost", "127.0.0.1", "::1", *cfg.auth_service.public_addr]
-        names = [parse_hostport(n, 3025)[0] if ":" in n and not n.startswith("::") else n for n in names]
+        names = [
+            cfg.teleport.nodename,
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            *cfg.auth_service.public_addr,
+        ]
+        names = [
+            parse_hostport(n, 3025)[0] if ":" in n and not n.startswith("::") else n for n in names
+        ]
         issued = auth.generate_host_cert(
-            public_key=public_key_to_pem(key.public_key()), host_id=host_id, role="Auth", dns_names=names
+            public_key=public_key_to_pem(key.public_key()),
+            host_id=host_id,
+            role="Auth",
+            dns_names=names,
         )
         cert_file, key_file = self._write_keypair("auth", issued.cert_pem, private_key_to_pem(key))
         client_cas = auth.ca_pem(CAType.HOST) + auth.ca_pem(CAType.USER)
@@ -300,7 +311,9 @@ class TeleportProcess:
             log.error("reload: keeping the running configuration: %s", exc)
             return
         if new.data_dir != self.data_dir:
-            log.error("reload: teleport.data_dir cannot change while running; keeping %s", self.data_dir)
+            log.error(
+                "reload: teleport.data_dir cannot change while running; keeping %s", self.data_dir
+            )
             return
         log.info("reload: restarting services with %s", self.config_path)
         await self._stop_services()
@@ -311,7 +324,11 @@ class TeleportProcess:
     async def run(self) -> None:
         """Start, then serve until SIGTERM/SIGINT; SIGHUP reloads."""
         loop = asyncio.get_running_loop()
-        for sig, fn in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop), (signal.SIGHUP, self.request_reload)):
+        for sig, fn in (
+            (signal.SIGTERM, self.request_stop),
+            (signal.SIGINT, self.request_stop),
+            (signal.SIGHUP, self.request_reload),
+        ):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, fn)
         await self.start()

@@ -62,7 +62,7 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -76,7 +76,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 
 _StrictLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -116,7 +116,9 @@ def load_one(text: str, source: str = "<input>") -> tuple[Any, Locator]:
         raise ConfigError(f"{source}: expected one YAML document, found {len(docs)}")
     data, loc = docs[0]
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a YAML mapping at the top, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a YAML mapping at the top, got {type(data).__name__}"
+        )
     return data, loc
 
 

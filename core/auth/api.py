@@ -57,7 +57,9 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def rpc(name: str, *, kind: str | None = None, verb: str | None = None) -> Callable[[Handler], Handler]:
+def rpc(
+    name: str, *, kind: str | None = None, verb: str | None = None
+) -> Callable[[Handler], Handler]:
     """Register an API method. ``kind``/``verb`` name the RBAC rule it requires."""
 
     def deco(fn: Handler) -> Handler:
@@ -120,7 +122,9 @@ class AuthAPI:
         ssl_obj = transport.get_extra_info("ssl_object") if transport else None
         der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
         if not der:
-            raise AccessDenied("a client certificate is required", hint="use an identity file (-i) or log in")
+            raise AccessDenied(
+                "a client certificate is required", hint="use an identity file (-i) or log in"
+            )
         ident = self._identities.get(der)
         if ident is None:
             ident = identity_from_certificate(x509.load_der_x509_certificate(der))
@@ -133,7 +137,9 @@ class AuthAPI:
 
     async def ping(self, request: web.Request) -> web.Response:
         """Unauthenticated liveness and cluster name."""
-        return web.json_response({"cluster_name": self.auth.cluster_name, "server_version": version()})
+        return web.json_response(
+            {"cluster_name": self.auth.cluster_name, "server_version": version()}
+        )
 
     async def handle(self, request: web.Request) -> web.Response:
         """Dispatch one RPC."""
@@ -145,7 +151,9 @@ class AuthAPI:
             identity = self._identity(request)
             method = METHODS.get(name)
             if method is None:
-                raise NotFound(f"unknown API method {name!r}", hint="client and server versions may differ")
+                raise NotFound(
+                    f"unknown API method {name!r}", hint="client and server versions may differ"
+                )
             if identity.system_role != ADMIN_ROLE:
                 self.auth.check_lock(identity)
             ctx = ApiContext(self.auth, identity, client_addr)
@@ -177,7 +185,9 @@ class AuthAPI:
         except Exception as exc:
             log.exception("API method %s failed", name)
             err = {"kind": "error", "message": f"internal error in {name}: {exc}"}
-            return web.Response(status=500, text=dumps({"error": err}), content_type="application/json")
+            return web.Response(
+                status=500, text=dumps({"error": err}), content_type="application/json"
+            )
 
 
 def version() -> str:

@@ -6,6 +6,7 @@ issued for those roles. Joining and renewal live beside this module (tbot issue)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,7 +19,7 @@ from jumpgate.core.auth.server import (
     AuthServer,
 )
 from jumpgate.core.errors import AlreadyExists, BadParameter, NotFound
-from jumpgate.core.resources import Resource, bot_role, parse_resource, resource_to_dict
+from jumpgate.core.resources import Resource, Token, bot_role, parse_resource, resource_to_dict
 
 
 def bot_user_name(name: str) -> str:
@@ -36,16 +37,24 @@ class BotCreated:
     token_ttl: timedelta
 
 
-async def _token_for_bot(auth: AuthServer, name: str, token: str, ttl: timedelta | None) -> tuple[str, timedelta]:
+async def _token_for_bot(
+    auth: AuthServer, name: str, token: str, ttl: timedelta | None
+) -> tuple[str, timedelta]:
     if token:
         try:
-            tok = await auth.store.get("token", token)
+            tok = await auth.store.get_as(Token, token)
         except NotFound:
-            raise NotFound(f'token "{token}" not found', hint="create one with: tctl tokens add --type=bot") from None
+            raise NotFound(
+                f'token "{token}" not found', hint="create one with: tctl tokens add --type=bot"
+            ) from None
         if "Bot" not in tok.spec.roles:
-            raise BadParameter(f'token "{token}" is not a bot token (roles: {", ".join(tok.spec.roles)})')
+            raise BadParameter(
+                f'token "{token}" is not a bot token (roles: {", ".join(tok.spec.roles)})'
+            )
         if tok.spec.bot_name and tok.spec.bot_name != name:
-            raise BadParameter(f'token "{token}" is valid for bot with name "{tok.spec.bot_name}", not "{name}"')
+            raise BadParameter(
+                f'token "{token}" is valid for bot with name "{tok.spec.bot_name}", not "{name}"'
+            )
         exp = tok.metadata.expires
         return token, (exp - auth.clock()) if exp else timedelta(0)
     ttl = ttl or DEFAULT_BOT_TOKEN_TTL
@@ -103,7 +112,9 @@ async def create_bot(
     await auth.store.put(bot, create=True)
     token_id, token_ttl = await _token_for_bot(auth, name, token, ttl)
     auth.audit.emit("bot.create", user=creator or None, name=name, roles=list(roles))
-    return BotCreated(user_name=user_name, role_name=user_name, token_id=token_id, token_ttl=token_ttl)
+    return BotCreated(
+        user_name=user_name, role_name=user_name, token_id=token_id, token_ttl=token_ttl
+    )
 
 
 async def update_bot(
@@ -149,11 +160,9 @@ async def delete_bot(auth: AuthServer, name: str, *, deleter: str = "") -> None:
     await auth.store.get("bot", name)
     user_name = bot_user_name(name)
     for kind, key in (("bot", name), ("user", user_name), ("role", user_name)):
-        try:
+        with contextlib.suppress(NotFound):
             await auth.store.delete(kind, key)
-        except NotFound:
-            pass
-    for tok in await auth.store.list("token"):
+    for tok in await auth.store.list_as(Token):
         if tok.spec.bot_name == name:
             await auth.store.delete("token", tok.metadata.name)
     auth.audit.emit("bot.delete", user=deleter or None, name=name)

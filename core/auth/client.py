@@ -15,10 +15,11 @@ import socket
 import ssl
 import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
-from jumpgate.core.errors import ConnectionProblem, from_dict
 from jumpgate.core.auth.identityfile import IdentityFile
+from jumpgate.core.errors import ConnectionProblem, from_dict
 
 #: The name internal clients expect on auth and proxy certificates.
 API_DOMAIN = "teleport.cluster.local"
@@ -54,7 +55,7 @@ def client_ssl_context(ident: IdentityFile, *, alpn: list[str] | None = None) ->
             fh.write(ident.key_pem + ident.cert_pem)
         ctx.load_cert_chain(path)
     finally:
-        os.unlink(path)
+        Path(path).unlink()
     if alpn:
         ctx.set_alpn_protocols(alpn)
     return ctx
@@ -130,7 +131,9 @@ class AuthClient:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.close()
                 if attempt == 2:
-                    raise ConnectionProblem(f"the auth service at {self.addr} closed the connection") from None
+                    raise ConnectionProblem(
+                        f"the auth service at {self.addr} closed the connection"
+                    ) from None
             except OSError as exc:
                 self.close()
                 raise ConnectionProblem(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -9,7 +10,14 @@ from jumpgate.core.auth import bots
 from jumpgate.core.auth.api import ApiContext, rpc, version
 from jumpgate.core.auth.server import BOT_GENERATION_LABEL, BOT_LABEL
 from jumpgate.core.errors import AccessDenied, BadParameter, NotFound
-from jumpgate.core.resources import canonical_kind, parse_resource, resource_to_dict
+from jumpgate.core.resources import (
+    Bot,
+    Lock,
+    User,
+    canonical_kind,
+    parse_resource,
+    resource_to_dict,
+)
 from jumpgate.core.tlsca import CAType, RouteToApp, RouteToDatabase
 
 #: Kinds that ``tctl create`` may write directly.
@@ -70,9 +78,10 @@ async def get_resources(ctx: ApiContext, params: dict[str, Any]) -> list[dict[st
     name = params.get("name") or ""
     with_secrets = bool(params.get("with_secrets"))
     ctx.require(kind, "read" if name else "list")
-    if with_secrets:
-        if not ctx.is_admin:
-            raise AccessDenied("--with-secrets needs the local admin identity (run tctl on the auth host)")
+    if with_secrets and not ctx.is_admin:
+        raise AccessDenied(
+            "--with-secrets needs the local admin identity (run tctl on the auth host)"
+        )
     if name:
         items = [await ctx.auth.store.get(kind, name)]
     else:
@@ -102,7 +111,7 @@ async def create_resources(ctx: ApiContext, params: dict[str, Any]) -> list[dict
                 f'{res.kind} "{res.metadata.name}" already exists',
                 hint="use tctl create -f to overwrite it",
             )
-        if res.kind == "bot" and not existed:
+        if isinstance(res, Bot) and not existed:
             spec = res.spec
             created = await bots.create_bot(
                 ctx.auth,
@@ -111,9 +120,16 @@ async def create_resources(ctx: ApiContext, params: dict[str, Any]) -> list[dict
                 logins=[v for t in spec.traits if t.name == "logins" for v in t.values],
                 creator=ctx.caller,
             )
-            out.append({"kind": "bot", "name": res.metadata.name, "action": "created", "token": created.token_id})
+            out.append(
+                {
+                    "kind": "bot",
+                    "name": res.metadata.name,
+                    "action": "created",
+                    "token": created.token_id,
+                }
+            )
             continue
-        if res.kind == "user":
+        if isinstance(res, User):
             await ctx.auth._check_roles_exist(list(res.spec.roles))
         await ctx.auth.store.put(res)
         action = "updated" if existed else "created"
@@ -152,7 +168,9 @@ async def delete_resource(ctx: ApiContext, params: dict[str, Any]) -> dict[str, 
     elif kind == "bot":
         await bots.delete_bot(ctx.auth, name, deleter=ctx.caller)
     elif kind == "role":
-        users = [u.metadata.name for u in await ctx.auth.store.list("user") if name in u.spec.roles]
+        users = [
+            u.metadata.name for u in await ctx.auth.store.list_as(User) if name in u.spec.roles
+        ]
         if users:
             raise BadParameter(
                 f'role "{name}" is still assigned to: {", ".join(users)}',
@@ -162,7 +180,13 @@ async def delete_resource(ctx: ApiContext, params: dict[str, Any]) -> dict[str, 
         ctx.auth.audit.emit("role.deleted", user=ctx.caller, name=name)
     else:
         await ctx.auth.store.delete(kind, name)
-        event = "lock.deleted" if kind == "lock" else "join_token.delete" if kind == "token" else "resource.delete"
+        event = (
+            "lock.deleted"
+            if kind == "lock"
+            else "join_token.delete"
+            if kind == "token"
+            else "resource.delete"
+        )
         ctx.auth.audit.emit(event, user=ctx.caller, kind=kind, name=name)
     return {"kind": kind, "name": name}
 
@@ -170,7 +194,15 @@ async def delete_resource(ctx: ApiContext, params: dict[str, Any]) -> dict[str, 
 # ---------------------------------------------------------------- users
 def _user_traits(params: dict[str, Any]) -> dict[str, list[str]]:
     traits: dict[str, list[str]] = {}
-    for key in ("logins", "db_users", "db_names", "db_roles", "windows_logins", "kubernetes_users", "kubernetes_groups"):
+    for key in (
+        "logins",
+        "db_users",
+        "db_names",
+        "db_roles",
+        "windows_logins",
+        "kubernetes_users",
+        "kubernetes_groups",
+    ):
         if params.get(key) is not None:
             traits[key] = _strs(params, key)
     return traits
@@ -190,7 +222,12 @@ async def users_add(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
         invite_ttl=_ttl(params),
         creator=ctx.caller,
     )
-    return {"user": resource_to_dict(user), "token": token, "url": ctx.auth.invite_url(token), "ttl": (_ttl(params) or timedelta(hours=1)).total_seconds()}
+    return {
+        "user": resource_to_dict(user),
+        "token": token,
+        "url": ctx.auth.invite_url(token),
+        "ttl": (_ttl(params) or timedelta(hours=1)).total_seconds(),
+    }
 
 
 @rpc("users.update", kind="user", verb="update")
@@ -198,7 +235,9 @@ async def users_update(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any
     """``tctl users update NAME --set-…``."""
     name = str(params.get("name", ""))
     roles = _strs(params, "roles") if params.get("roles") is not None else None
-    user = await ctx.auth.update_user(name, roles=roles, traits=_user_traits(params), updater=ctx.caller)
+    user = await ctx.auth.update_user(
+        name, roles=roles, traits=_user_traits(params), updater=ctx.caller
+    )
     return resource_to_dict(user)
 
 
@@ -207,10 +246,8 @@ async def users_reset(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]
     """``tctl users reset NAME``: a new invite link; the old password stops working."""
     name = str(params.get("name", ""))
     await ctx.auth.store.get("user", name)
-    try:
+    with contextlib.suppress(NotFound):
         await ctx.auth.backend.delete(f"/web/users/{name}/pwd")
-    except NotFound:
-        pass
     ttl = _ttl(params) or timedelta(hours=8)
     token = await ctx.auth.create_invite(name, ttl=ttl)
     ctx.auth.audit.emit("user.update", user=ctx.caller, name=name, action="reset")
@@ -268,7 +305,7 @@ async def bots_list(ctx: ApiContext, params: dict[str, Any]) -> list[dict[str, A
         lock = next(
             (
                 lk
-                for lk in ctx.auth.store.cached("lock").values()
+                for lk in ctx.auth.store.cached_as(Lock).values()
                 if not lk.is_expired(ctx.auth.clock()) and lk.spec.target.user == probe_user
             ),
             None,
@@ -324,7 +361,9 @@ async def certs_user(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
             user=username, roles=_strs(params, "roles")
         )
         if not decision.allowed:
-            raise AccessDenied(f"{ctx.identity.username} may not impersonate {username}: {decision.reason}")
+            raise AccessDenied(
+                f"{ctx.identity.username} may not impersonate {username}: {decision.reason}"
+            )
     db = params.get("route_to_database")
     app = params.get("route_to_app")
     issued = await ctx.auth.generate_user_cert(
@@ -344,7 +383,9 @@ async def certs_user(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
 async def certs_db_server(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
     """``tctl auth sign --format=db``: a server certificate from the db CA."""
     if not ctx.is_admin:
-        decision = ctx.auth.checker_for_identity(ctx.identity).check_impersonate(user="Db", roles=["Db"])
+        decision = ctx.auth.checker_for_identity(ctx.identity).check_impersonate(
+            user="Db", roles=["Db"]
+        )
         if not decision.allowed:
             raise AccessDenied(
                 "generating database certificates needs permission to impersonate the system role Db",
@@ -383,7 +424,10 @@ async def locks_create(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any
     expires = params.get("expires")
     exp = datetime.fromisoformat(str(expires).replace("Z", "+00:00")) if expires else None
     res = await ctx.auth.create_lock(
-        target=params.get("target") or {}, message=str(params.get("message") or ""), expires=exp, creator=ctx.caller
+        target=params.get("target") or {},
+        message=str(params.get("message") or ""),
+        expires=exp,
+        creator=ctx.caller,
     )
     return resource_to_dict(res)
 

@@ -7,6 +7,7 @@ so several auth processes can share one cluster state.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import uuid
@@ -19,10 +20,20 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from jumpgate.core.audit import AuditLog
+from jumpgate.core.auth.store import ResourceStore
 from jumpgate.core.backend import Backend
 from jumpgate.core.errors import AccessDenied, AlreadyExists, BadParameter, ConfigError, NotFound
 from jumpgate.core.rbac import AccessChecker
-from jumpgate.core.resources import Resource, parse_resource, preset_roles
+from jumpgate.core.resources import CertAuthority as CAResource
+from jumpgate.core.resources import (
+    ClusterName,
+    Lock,
+    Resource,
+    Role,
+    User,
+    parse_resource,
+    preset_roles,
+)
 from jumpgate.core.tlsca import (
     CAType,
     CertAuthority,
@@ -32,7 +43,6 @@ from jumpgate.core.tlsca import (
     cert_to_pem,
     load_public_key,
 )
-from jumpgate.core.auth.store import ResourceStore
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +160,7 @@ class AuthServer:
 
     async def _ensure_cluster_name(self) -> None:
         try:
-            existing = await self.store.get("cluster_name", "cluster-name")
+            existing = await self.store.get_as(ClusterName, "cluster-name")
         except NotFound:
             res = parse_resource(
                 {
@@ -206,11 +216,14 @@ class AuthServer:
             "spec": {
                 "type": ca.ca_type.value,
                 "cluster_name": self.cluster_name,
-                "active_keys": {"tls": [{"cert": ca.cert_pem.decode(), "key": ca.key_pem.decode()}]},
+                "active_keys": {
+                    "tls": [{"cert": ca.cert_pem.decode(), "key": ca.key_pem.decode()}]
+                },
             },
         }
 
     def _ca_from_resource(self, ca_type: CAType, res: Resource) -> CertAuthority:
+        assert isinstance(res, CAResource)
         tls = res.spec.active_keys.tls[0]
         key = tls.key
         return CertAuthority.from_pem(
@@ -241,7 +254,9 @@ class AuthServer:
         )
 
     # ------------------------------------------------------------------ access
-    def checker_for(self, roles: Sequence[str], traits: Mapping[str, Sequence[str]]) -> AccessChecker:
+    def checker_for(
+        self, roles: Sequence[str], traits: Mapping[str, Sequence[str]]
+    ) -> AccessChecker:
         """An access checker for a set of role names and traits (cached until roles change)."""
         if self._checkers_gen != self.store.generation:
             self._checkers.clear()
@@ -249,7 +264,7 @@ class AuthServer:
         key = (tuple(roles), tuple(sorted((k, tuple(v)) for k, v in traits.items())))
         checker = self._checkers.get(key)
         if checker is None:
-            known = self.store.cached("role")
+            known = self.store.cached_as(Role)
             missing = [r for r in roles if r not in known]
             if missing:
                 log.warning("identity names roles that no longer exist: %s", ", ".join(missing))
@@ -261,10 +276,10 @@ class AuthServer:
         """The checker for the roles and traits a certificate carries."""
         return self.checker_for(identity.groups, identity.traits)
 
-    def find_lock(self, identity: Identity) -> Resource | None:
+    def find_lock(self, identity: Identity) -> Lock | None:
         """The first live lock that targets this identity's user, roles or bot, if any."""
         now = self.clock()
-        for lock in self.store.cached("lock").values():
+        for lock in self.store.cached_as(Lock).values():
             if lock.is_expired(now):
                 continue
             target = lock.spec.target
@@ -312,7 +327,7 @@ class AuthServer:
         bots, names the impersonated roles). ``requester`` is the caller, recorded
         as impersonator when it differs from ``username``.
         """
-        user = await self.store.get("user", username)
+        user = await self.store.get_as(User, username)
         traits = {k: list(v) for k, v in (user.spec.traits or {}).items()}
         user_roles = list(user.spec.roles)
         granted = user_roles
@@ -323,7 +338,9 @@ class AuthServer:
             wanted = list(dict.fromkeys(roles))
             outside = [r for r in wanted if r not in user_roles]
             if outside:
-                raise AccessDenied(f"user {username!r} does not hold the role(s) {', '.join(outside)}")
+                raise AccessDenied(
+                    f"user {username!r} does not hold the role(s) {', '.join(outside)}"
+                )
             granted = wanted
         checker = self.checker_for(granted, traits)
         ttl = self._cap_ttl(ttl, checker)
@@ -426,7 +443,9 @@ class AuthServer:
         """Create a join token; the token's name is its secret value."""
         sys_roles = [system_role(r) for r in roles]
         if not sys_roles:
-            raise BadParameter("a token needs at least one type", hint="pass --type=db (or app, node, bot)")
+            raise BadParameter(
+                "a token needs at least one type", hint="pass --type=db (or app, node, bot)"
+            )
         ttl = ttl or DEFAULT_TOKEN_TTL
         if ttl <= timedelta(0):
             raise BadParameter("--ttl must be positive")
@@ -449,7 +468,9 @@ class AuthServer:
             raise AlreadyExists(
                 f"failed to create token ({value!r} already exists), please use another name"
             ) from None
-        self.audit.emit("join_token.create", roles=sys_roles, user=creator or None, bot_name=bot_name or None)
+        self.audit.emit(
+            "join_token.create", roles=sys_roles, user=creator or None, bot_name=bot_name or None
+        )
         return res
 
     # ------------------------------------------------------------------ users
@@ -484,7 +505,9 @@ class AuthServer:
                 "spec": {
                     "roles": list(roles),
                     "traits": {k: list(v) for k, v in traits.items()},
-                    "created_by": {"user": {"name": creator}, "time": _iso(self.clock())} if creator else {},
+                    "created_by": {"user": {"name": creator}, "time": _iso(self.clock())}
+                    if creator
+                    else {},
                 },
             }
         )
@@ -505,7 +528,12 @@ class AuthServer:
         expires = self.clock() + ttl
         await self.store.put_raw(
             f"/usertokens/{token}",
-            {"user": username, "kind": "invite", "created": _iso(self.clock()), "expires": _iso(expires)},
+            {
+                "user": username,
+                "kind": "invite",
+                "created": _iso(self.clock()),
+                "expires": _iso(expires),
+            },
             expires=expires,
         )
         return token
@@ -544,10 +572,8 @@ class AuthServer:
                 hint=f"remove the bot instead: tctl bots rm {user.metadata.labels[BOT_LABEL]}",
             )
         await self.store.delete("user", name)
-        try:
+        with contextlib.suppress(NotFound):
             await self.backend.delete(f"/web/users/{name}/pwd")
-        except NotFound:
-            pass
         self.audit.emit("user.delete", user=deleter or None, name=name)
 
     @staticmethod
@@ -579,10 +605,15 @@ class AuthServer:
         metadata: dict[str, Any] = {"name": name}
         if expires is not None:
             if expires <= self.clock():
-                raise BadParameter("the lock would already be expired", hint="use a future --expires or a positive --ttl")
+                raise BadParameter(
+                    "the lock would already be expired",
+                    hint="use a future --expires or a positive --ttl",
+                )
             spec["expires"] = _iso(expires)
             metadata["expires"] = _iso(expires)
         res = parse_resource({"kind": "lock", "version": "v2", "metadata": metadata, "spec": spec})
         await self.store.put(res, create=True)
-        self.audit.emit("lock.created", user=creator or None, name=name, target=dict(target), message=message)
+        self.audit.emit(
+            "lock.created", user=creator or None, name=name, target=dict(target), message=message
+        )
         return res

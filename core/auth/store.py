@@ -14,14 +14,16 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from jumpgate.core.aio import spawn
+from jumpgate.core.aio import cancel_and_wait, spawn
 from jumpgate.core.backend import Backend, EventType, Item, prefix_end
 from jumpgate.core.errors import AlreadyExists, BadParameter, NotFound
 from jumpgate.core.resources import Resource, canonical_kind, parse_resource, resource_to_dict
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Resource)
 
 #: Backend key prefix of each kind. Server heartbeats carry the host id in the key.
 PREFIXES: dict[str, str] = {
@@ -73,12 +75,7 @@ class ResourceStore:
 
     async def close(self) -> None:
         """Stop following changes."""
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            try:
-                await self._watch_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._watch_task)
 
     def on_change(self, listener: Callable[[str, str, Resource | None], None]) -> None:
         """Call ``listener(kind, name, resource_or_None)`` on every change of a cached kind."""
@@ -140,6 +137,21 @@ class ResourceStore:
     def cached(self, kind: str) -> dict[str, Resource]:
         """The live cache of a cached kind (do not mutate)."""
         return self._cache[kind]
+
+    def cached_as(self, cls: type[R]) -> dict[str, R]:
+        """The live cache of a cached kind, typed (do not mutate)."""
+        return self._cache[cls.KIND]  # type: ignore[return-value]
+
+    async def get_as(self, cls: type[R], name: str) -> R:
+        """One resource of the kind of ``cls``, typed."""
+        res = await self.get(cls.KIND, name)
+        if not isinstance(res, cls):
+            raise NotFound(f'{cls.KIND} "{name}" not found')
+        return res
+
+    async def list_as(self, cls: type[R]) -> list[R]:
+        """Every live resource of the kind of ``cls``, typed."""
+        return [r for r in await self.list(cls.KIND) if isinstance(r, cls)]
 
     async def _scan(self, kind: str) -> list[Resource]:
         prefix = PREFIXES[kind]
@@ -239,6 +251,8 @@ class ResourceStore:
         data: dict[str, Any] = json.loads(item.value)
         return data
 
-    async def put_raw(self, key: str, data: dict[str, Any], *, expires: datetime | None = None) -> None:
+    async def put_raw(
+        self, key: str, data: dict[str, Any], *, expires: datetime | None = None
+    ) -> None:
         """Store a JSON record outside the resource kinds."""
         await self.backend.put(Item(key=key, value=json.dumps(data).encode(), expires=expires))

@@ -80,11 +80,13 @@ def resolve_admin(
             addr = recorded.read_text().strip()
         else:
             host, port = parse_hostport(cfg.auth_service.listen_addr, 3025)
-            addr = f"{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"  # noqa: S104
+            addr = f"{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
     return AdminTarget(addr=addr, identity_path=ident, proxy_public_addr=cfg.proxy_public_addr)
 
 
-def connect_admin(*, config: str | None, auth_server: str | None, identity: str | None) -> AuthClient:
+def connect_admin(
+    *, config: str | None, auth_server: str | None, identity: str | None
+) -> AuthClient:
     """An API client for tctl."""
     target = resolve_admin(config=config, auth_server=auth_server, identity=identity)
     return AuthClient(target.addr, read_identity_file(target.identity_path))
@@ -115,7 +117,7 @@ def fetch_ca_export(addr: str, export_type: str, *, timeout: float = 15.0) -> Fe
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         try:
-            with urllib.request.urlopen(url, timeout=timeout, context=ctx) as resp:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=timeout, context=ctx) as resp:
                 return FetchedExport(resp.read(), verified)
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace").strip()

@@ -19,7 +19,13 @@ USER_FORMATS = ("file", "tls", "db")
 
 
 def write_server_credentials(
-    fmt: str, out: str, *, key_pem: bytes, cert_pem: bytes, server_ca_pem: bytes, client_ca_pem: bytes
+    fmt: str,
+    out: str,
+    *,
+    key_pem: bytes,
+    cert_pem: bytes,
+    server_ca_pem: bytes,
+    client_ca_pem: bytes,
 ) -> list[Path]:
     """Write a database server's key, certificate and CA files; return the paths written.
 
@@ -54,7 +60,9 @@ def write_server_credentials(
         )
     for path, data in files.items():
         if path.parent and not path.parent.exists():
-            raise BadParameter(f"directory {path.parent} does not exist", hint="create it or change --out")
+            raise BadParameter(
+                f"directory {path.parent} does not exist", hint="create it or change --out"
+            )
         atomic_write(path, data, mode=0o600)
     return list(files)
 
@@ -69,6 +77,11 @@ def write_user_credentials(
         return [base]
     if fmt in ("tls", "db"):
         return write_server_credentials(
-            "tls", out, key_pem=key_pem, cert_pem=cert_pem, server_ca_pem=ca_pems, client_ca_pem=ca_pems
+            "tls",
+            out,
+            key_pem=key_pem,
+            cert_pem=cert_pem,
+            server_ca_pem=ca_pems,
+            client_ca_pem=ca_pems,
         )
     raise BadParameter(f"unsupported --format {fmt!r} for --user", hint="use file or tls")

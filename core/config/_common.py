@@ -12,9 +12,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
+
 from jumpgate.core.durations import parse_duration
 from jumpgate.core.errors import BadParameter, ConfigError
-from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 
 #: Protocols a static ``db_service.databases`` entry may name (types.DatabaseProtocols).
 DB_PROTOCOLS: tuple[str, ...] = (

@@ -8,10 +8,11 @@ import types
 from collections.abc import Sequence
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from jumpgate.core.errors import ConfigError
-from jumpgate.core.yamlutil import Locator, format_path
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
+
+from jumpgate.core.errors import ConfigError
+from jumpgate.core.yamlutil import Locator, format_path
 
 from ._common import Invalid, kind_of
 

@@ -11,9 +11,10 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
+
 from jumpgate.core.errors import BadParameter, ConfigError
 from jumpgate.core.yamlutil import Locator, format_path, load_one
-from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from ._common import (
     Invalid,

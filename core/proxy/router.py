@@ -17,6 +17,7 @@ A ClientHello that asks only for protocols nobody serves gets a clean fatal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -71,7 +72,9 @@ class RouterStats:
 class TLSRouter:
     """Accept loop for the web port. Register routes, then ``await start(host, port)``."""
 
-    def __init__(self, make_context: Callable[[str], ssl.SSLContext], *, default_protocol: str = "http/1.1") -> None:
+    def __init__(
+        self, make_context: Callable[[str], ssl.SSLContext], *, default_protocol: str = "http/1.1"
+    ) -> None:
         self._make_context = make_context
         self.default_protocol = default_protocol
         self.routes: list[Route] = []
@@ -81,7 +84,9 @@ class TLSRouter:
         self._conn_tasks: set[asyncio.Task[None]] = set()
         self.addresses: list[tuple[str, int]] = []
 
-    def add_tls_route(self, protocol: str, factory: ProtocolFactory, *, prefix: bool = False) -> None:
+    def add_tls_route(
+        self, protocol: str, factory: ProtocolFactory, *, prefix: bool = False
+    ) -> None:
         """Terminate TLS and serve ``protocol`` with protocols from ``factory``."""
         self.routes.append(Route(protocol, prefix=prefix, factory=factory))
 
@@ -105,7 +110,9 @@ class TLSRouter:
     async def start(self, host: str, port: int) -> list[tuple[str, int]]:
         """Listen on ``host:port`` (port 0 = any free port). Returns the bound addresses."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = await loop.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
         seen = set()
         for family, _, _, _, addr in infos:
             if (family, addr) in seen:
@@ -121,7 +128,9 @@ class TLSRouter:
             self._servers.append(sock)
             bound = sock.getsockname()
             self.addresses.append((bound[0], bound[1]))
-            self._accept_tasks.append(spawn(self._accept_loop(sock), name=f"router-accept-{bound[1]}"))
+            self._accept_tasks.append(
+                spawn(self._accept_loop(sock), name=f"router-accept-{bound[1]}")
+            )
             if port == 0:
                 port = bound[1]
         return self.addresses
@@ -160,7 +169,7 @@ class TLSRouter:
         delay = 0.0
         while True:
             fut: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(sock.fileno(), lambda f=fut: f.done() or f.set_result(None))
+            loop.add_reader(sock.fileno(), _wake, fut)
             try:
                 await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
             finally:
@@ -200,10 +209,8 @@ class TLSRouter:
                 hello.server_name,
                 self.supported(),
             )
-            try:
+            with contextlib.suppress(OSError):
                 sock.send(ALERT_NO_APPLICATION_PROTOCOL)
-            except OSError:
-                pass
             sock.close()
             return
         route, proto = picked
@@ -221,9 +228,14 @@ class TLSRouter:
             await loop.connect_accepted_socket(
                 route.factory, sock, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
             )
-        except (ssl.SSLError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
             log.info("TLS handshake with %s (%s) failed: %s", peer, proto, exc)
             sock.close()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _peer(sock: socket.socket) -> str:

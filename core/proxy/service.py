@@ -54,7 +54,9 @@ class ProxyService:
         self.key_file = key_file
         self.client_ca_pem = client_ca_pem
         self.auth_addr = auth_addr
-        self.web = WebAPI(info, public_addr=public_addr, web_listen_addr=f"{listen_host}:{listen_port}")
+        self.web = WebAPI(
+            info, public_addr=public_addr, web_listen_addr=f"{listen_host}:{listen_port}"
+        )
         self.router = TLSRouter(self._context_for)
         self._runner: web.AppRunner | None = None
         self.addresses: list[tuple[str, int]] = []
@@ -79,12 +81,19 @@ class ProxyService:
             self.router.add_raw_route(AUTH_ALPN_PREFIX, self._auth_passthrough, prefix=True)
         self.addresses = await self.router.start(self.listen_host, self.listen_port)
         for host, port in self.addresses:
-            log.info("proxy: web port listening on %s:%d (TLS routing: %s)", host, port, ", ".join(self.router.supported()))
+            log.info(
+                "proxy: web port listening on %s:%d (TLS routing: %s)",
+                host,
+                port,
+                ", ".join(self.router.supported()),
+            )
         return self.addresses
 
     async def _auth_passthrough(self, sock: socket.socket, hello: ClientHello) -> None:
         assert self.auth_addr is not None
-        cluster = next((p[len(AUTH_ALPN_PREFIX) :] for p in hello.alpn if p.startswith(AUTH_ALPN_PREFIX)), "")
+        cluster = next(
+            (p[len(AUTH_ALPN_PREFIX) :] for p in hello.alpn if p.startswith(AUTH_ALPN_PREFIX)), ""
+        )
         if cluster and cluster != self.info.cluster_name:
             log.warning("refusing auth pass-through for unknown cluster %r", cluster)
             sock.close()

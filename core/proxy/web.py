@@ -20,6 +20,7 @@ from jumpgate.core.version import VERSION
 
 MIN_CLIENT_VERSION = "0.1.0"
 
+
 class ClusterInfo(Protocol):
     """What the web API needs from the auth service (in-process or remote)."""
 
@@ -47,7 +48,9 @@ def jwks(info: ClusterInfo) -> dict[str, Any]:
         if not isinstance(pub, ec.EllipticCurvePublicKey):
             continue
         nums = pub.public_numbers()
-        der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        der = pub.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         import hashlib
 
         kid = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
@@ -134,7 +137,11 @@ class WebAPI:
         export_type = request.query.get("type", "tls-host")
         if export_type not in EXPORT_TYPES:
             return web.json_response(
-                {"error": {"message": f"unknown CA type {export_type!r}; use one of {', '.join(EXPORT_TYPES)}"}},
+                {
+                    "error": {
+                        "message": f"unknown CA type {export_type!r}; use one of {', '.join(EXPORT_TYPES)}"
+                    }
+                },
                 status=400,
             )
         body = export_ca(self.info, export_type)

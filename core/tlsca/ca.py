@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from jumpgate.core.errors import AccessDenied, BadParameter, NotFound
 from jumpgate.core.tlsca.identity import (
     IDENTITY_EXTENSION_OID,

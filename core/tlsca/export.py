@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..errors import BadParameter
-from .ca import CAType
+from jumpgate.core.errors import BadParameter
+from jumpgate.core.tlsca.ca import CAType
 
 #: ``--type`` / ``?type=`` values → (CA, form). ``tls`` is an alias of ``tls-host``.
 EXPORT_TYPES: dict[str, tuple[CAType, str]] = {
@@ -54,7 +54,9 @@ def render_export(cluster_name: str, certs: Sequence[x509.Certificate], export_t
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )
         if form == "ssh-host":
-            lines.append(f"@cert-authority {cluster_name},*.{cluster_name} {key.decode()} type=host")
+            lines.append(
+                f"@cert-authority {cluster_name},*.{cluster_name} {key.decode()} type=host"
+            )
         else:
             lines.append(f"cert-authority {key.decode()} clustername={cluster_name}")
     return ("\n".join(lines) + "\n").encode()

@@ -43,6 +43,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+
 from jumpgate.core.errors import AccessDenied, BadParameter
 
 #: Private OID of the identity extension (non-critical).

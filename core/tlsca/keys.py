@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from jumpgate.core.errors import BadParameter
 
 #: Public keys a certificate may be issued for.

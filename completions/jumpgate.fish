@@ -1,0 +1,1 @@
+complete --command jumpgate --no-files --arguments "(env _JUMPGATE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) jumpgate)" --condition "env _JUMPGATE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) jumpgate"

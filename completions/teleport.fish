@@ -1,0 +1,1 @@
+complete --command teleport --no-files --arguments "(env _TELEPORT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) teleport)" --condition "env _TELEPORT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) teleport"
