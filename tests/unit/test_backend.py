@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
 from jumpgate.core.aio import spawn
 from jumpgate.core.backend import (
     DEFAULT_WATCH_CAPACITY,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from jumpgate.core.backend import EventType, Item
 from jumpgate.core.backend.sqlite import SQLiteBackend
 from jumpgate.core.errors import CompareFailed, ConfigError, LimitExceeded

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from jumpgate.core.config import (
     load_config,
     parse_config,

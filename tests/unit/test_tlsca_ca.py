@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from jumpgate.core.errors import AccessDenied, BadParameter, NotFound
 from jumpgate.core.tlsca import (
     IDENTITY_EXTENSION_OID,

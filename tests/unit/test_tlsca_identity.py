@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from jumpgate.core.errors import AccessDenied, BadParameter
 from jumpgate.core.tlsca import (
     IDENTITY_EXTENSION_OID,
