@@ -209,6 +209,9 @@ def param_record(param: Any, ctx: Any, mode: str | None) -> tuple[str, str] | No
             desc = f"{desc}  [required]" if desc else "[required]"
         rec = (term, desc)
     term, desc = rec
+    if raw_help and raw_help not in desc:
+        # plain (non-rich) typer omits argument help from the help record
+        desc = f"{raw_help}  {desc}".strip()
     if raw_help and desc.startswith(raw_help):
         desc = clean_help(raw_help, mode) + desc[len(raw_help) :]
     return term, desc.strip()

@@ -49,6 +49,7 @@ def _tiny_app() -> typer.Typer:
     app = typer.Typer(
         help="Run the [bold]demo[/bold] cluster.\n\nSecond para - with a dash.",
         add_completion=False,
+        rich_markup_mode="rich",
     )
     users = typer.Typer(help="Manage users.")
     app.add_typer(users, name="users")
