@@ -105,9 +105,24 @@ def auditor_role() -> Role:
     )
 
 
+def requester_role() -> Role:
+    """``requester``: may request the ``access`` role (Teleport's preset; seed 004 uses it).
+
+    Access requests are not implemented yet, so holding this role grants nothing
+    beyond what the user's other roles grant.
+    """
+    return make_role(
+        "requester",
+        description="Request all resources",
+        labels={PRESET_LABEL: "preset"},
+        max_session_ttl=DEFAULT_MAX_SESSION_TTL,
+        allow={"request": {"search_as_roles": ["access"]}},
+    )
+
+
 def preset_roles() -> list[Role]:
-    """The roles a fresh cluster starts with: access, editor, auditor."""
-    return [access_role(), editor_role(), auditor_role()]
+    """The roles a fresh cluster starts with: access, editor, auditor, requester."""
+    return [access_role(), editor_role(), auditor_role(), requester_role()]
 
 
 def bot_role(
