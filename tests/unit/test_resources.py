@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from jumpgate.core.errors import BadParameter
+from jumpgate.core.rbac import AccessChecker
 from jumpgate.core.resources import (
     Resource,
     Role,
@@ -283,7 +284,13 @@ spec:
 
 def test_presets() -> None:
     roles = {r.name: r for r in preset_roles()}
-    assert set(roles) == {"access", "editor", "auditor"}
+    assert set(roles) == {"access", "editor", "auditor", "requester"}
+    # requester (seed 004: tctl users add --roles=access,requester) grants no access by itself
+    assert (
+        not AccessChecker([roles["requester"]], {"db_users": ["*"], "db_names": ["*"]})
+        .check_database(name="x", protocol="postgres", labels={}, db_user="a", db_name="b")
+        .allowed
+    )
     access = roles["access"]
     assert access.version == "v7"
     assert access.allow.logins == ["{{internal.logins}}"]
