@@ -55,6 +55,20 @@ def hoist_global_flags(argv: list[str], flags: dict[str, bool]) -> list[str]:
     return front + rest
 
 
+def split_short_equals(argv: list[str]) -> list[str]:
+    """``-o=file`` → ``-o file``: kingpin (Teleport's parser) accepts both, click only the latter."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        if len(arg) > 3 and arg[0] == "-" and arg[1] != "-" and arg[2] == "=":
+            out.extend([arg[:2], arg[3:]])
+        else:
+            out.append(arg)
+    return out
+
+
 def _stderr_console() -> Any:
     from rich.console import Console  # imported lazily: start-up time
 
@@ -101,7 +115,7 @@ def run_app(app: Callable[..., Any], *, prog: str, argv: list[str] | None = None
     from jumpgate.core.errors import JumpgateError
 
     global DEBUG
-    args = sys.argv[1:] if argv is None else argv
+    args = split_short_equals(sys.argv[1:] if argv is None else argv)
     DEBUG = (
         DEBUG or "--debug" in args or "-d" in args or os.environ.get(f"{prog.upper()}_DEBUG") == "1"
     )

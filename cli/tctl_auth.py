@@ -88,7 +88,11 @@ def sign(
                 hint="use one of: " + ", ".join(DB_FORMATS),
             )
         _refuse_overwrite(out, fmt, overwrite)
-        resp = client.call("certs.db_server", public_key=pub, hosts=split_csv(host), ttl=ttl_s)
+        hosts = split_csv(host)
+        if fmt == "cockroachdb":
+            # CockroachDB requires node certificates for the name "node" (CN and first SAN)
+            hosts = ["node", *[h for h in hosts if h != "node"]]
+        resp = client.call("certs.db_server", public_key=pub, hosts=hosts, ttl=ttl_s)
         files = write_server_credentials(
             fmt,
             out,

@@ -200,7 +200,8 @@ class TeleportProcess:
         from aiohttp import web  # daemon-only dependency
 
         api = AuthAPI(auth)
-        import jumpgate.core.auth.methods  # noqa: F401 - registers the API methods
+        import jumpgate.core.auth.methods  # registers the API methods
+        import jumpgate.core.auth.methods_db  # noqa: F401
 
         runner = web.AppRunner(api.app, handle_signals=False, access_log=None)
         await runner.setup()
@@ -258,6 +259,7 @@ class TeleportProcess:
             key_file=key_file,
             client_ca_pem=auth.ca_pem(CAType.USER) + auth.ca_pem(CAType.HOST),
             auth_addr=self.services.auth_addr,
+            mint=lambda name: self._mint_proxy_cert(auth, host_id, name),
         )
         try:
             self.services.proxy_addrs = await proxy.start()
@@ -267,6 +269,18 @@ class TeleportProcess:
                 hint="another process may be using the port; pick another web_listen_addr",
             ) from None
         self.services.proxy = proxy
+
+    def _mint_proxy_cert(self, auth: AuthServer, host_id: str, name: str) -> tuple[Path, Path]:
+        """A proxy certificate for one extra name (app subdomains of a single-label host)."""
+        key = generate_private_key()
+        issued = auth.generate_host_cert(
+            public_key=public_key_to_pem(key.public_key()),
+            host_id=host_id,
+            role="Proxy",
+            dns_names=[name],
+        )
+        safe = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+        return self._write_keypair(f"proxy-{safe}", issued.cert_pem, private_key_to_pem(key))
 
     async def _stop_services(self) -> None:
         s = self.services

@@ -7,6 +7,7 @@ so several auth processes can share one cluster state.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -141,17 +142,39 @@ class AuthServer:
         self.cas: dict[CAType, CertAuthority] = {}
         self._checkers: dict[tuple[Any, ...], AccessChecker] = {}
         self._checkers_gen = -1
+        #: bumped whenever the set of locks changes (agents long-poll it to cut sessions)
+        self.lock_generation = 0
+        self._lock_changed: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ start-up
     async def start(self) -> None:
         """First start: record the cluster name, generate the CAs, create preset roles."""
         await self._ensure_cluster_name()
+        self.store.on_change(self._on_change)
         await self.store.start()
         await self._ensure_cas()
         for role in preset_roles():
             if not await self.store.exists("role", role.metadata.name):
                 await self.store.put(role, create=False)
         await self._ensure_auth_preference()
+
+    def _on_change(self, kind: str, name: str, res: Resource | None) -> None:
+        if kind != "lock":
+            return
+        self.lock_generation += 1
+        if self._lock_changed is not None:
+            self._lock_changed.set()
+            self._lock_changed = None
+
+    async def wait_lock_change(self, generation: int, timeout: float) -> int:
+        """Return the lock generation once it differs from ``generation`` (or after ``timeout``)."""
+        if generation == self.lock_generation:
+            if self._lock_changed is None:
+                self._lock_changed = asyncio.Event()
+            event = self._lock_changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        return self.lock_generation
 
     async def close(self) -> None:
         """Flush the audit log and stop background work."""

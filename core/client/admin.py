@@ -18,8 +18,8 @@ from pathlib import Path
 
 from jumpgate.core.auth.client import AuthClient, split_hostport
 from jumpgate.core.auth.identityfile import read_identity_file
-from jumpgate.core.config import load_config, parse_hostport
 from jumpgate.core.errors import BadParameter, ConfigError, ConnectionProblem, NotFound
+from jumpgate.core.yamlutil import load_one
 
 DEFAULT_CONFIG = "/etc/teleport.yaml"
 
@@ -30,7 +30,6 @@ class AdminTarget:
 
     addr: str
     identity_path: Path
-    proxy_public_addr: str = ""
 
 
 def default_config_path() -> str:
@@ -56,16 +55,16 @@ def resolve_admin(
             hint="run tctl on the auth host with -c /path/to/teleport.yaml, or pass "
             "--auth-server=HOST:PORT -i IDENTITY_FILE",
         )
-    cfg = load_config(path)
-    if not cfg.auth_enabled:
+    data_dir, auth_enabled, listen_addr = _admin_settings(path)
+    if not auth_enabled:
         raise ConfigError(
             f"{path} does not enable auth_service, so there is no local admin identity",
             hint="point -c at the auth host's teleport.yaml, or use --auth-server and -i",
         )
-    ident = cfg.data_dir / "proc" / "admin.pem"
+    ident = data_dir / "proc" / "admin.pem"
     if not ident.exists():
         raise ConnectionProblem(
-            f"no admin identity in {cfg.data_dir}: has teleport started with {path}?",
+            f"no admin identity in {data_dir}: has teleport started with {path}?",
             hint=f"start the cluster first: teleport start -c {path}",
         )
     if not os.access(ident, os.R_OK):
@@ -75,13 +74,39 @@ def resolve_admin(
         )
     addr = auth_server
     if not addr:
-        recorded = cfg.data_dir / "proc" / "auth_addr"
+        recorded = data_dir / "proc" / "auth_addr"
         if recorded.exists():
             addr = recorded.read_text().strip()
         else:
-            host, port = parse_hostport(cfg.auth_service.listen_addr, 3025)
+            host, port = split_hostport(listen_addr, 3025)
             addr = f"{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
-    return AdminTarget(addr=addr, identity_path=ident, proxy_public_addr=cfg.proxy_public_addr)
+    return AdminTarget(addr=addr, identity_path=ident)
+
+
+def _admin_settings(path: Path) -> tuple[Path, bool, str]:
+    """``teleport.data_dir``, whether auth is enabled, and ``auth_service.listen_addr``.
+
+    A light read of teleport.yaml: tctl needs three keys, not the whole validated
+    model (which costs a quarter of a second to import). ``teleport start``
+    validates the file fully.
+    """
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    data, _ = load_one(text, str(path))
+    tp = data.get("teleport") or {}
+    auth = data.get("auth_service") or {}
+    if not isinstance(tp, dict) or not isinstance(auth, dict):
+        raise ConfigError(f"{path}: teleport and auth_service must be mappings")
+    enabled = auth.get("enabled", True)
+    if isinstance(enabled, str):
+        enabled = enabled.strip().lower() not in ("no", "false", "off", "0")
+    return (
+        Path(str(tp.get("data_dir") or "/var/lib/teleport")),
+        bool(enabled),
+        str(auth.get("listen_addr") or "0.0.0.0:3025"),
+    )
 
 
 def connect_admin(

@@ -52,7 +52,6 @@ class Route:
     prefix: bool = False
     factory: ProtocolFactory | None = None
     raw: RawHandler | None = None
-    contexts: dict[str, ssl.SSLContext] = field(default_factory=dict)
 
     def matches(self, proto: str) -> bool:
         """Whether this route serves ``proto``."""
@@ -73,7 +72,10 @@ class TLSRouter:
     """Accept loop for the web port. Register routes, then ``await start(host, port)``."""
 
     def __init__(
-        self, make_context: Callable[[str], ssl.SSLContext], *, default_protocol: str = "http/1.1"
+        self,
+        make_context: Callable[[str, str], ssl.SSLContext],
+        *,
+        default_protocol: str = "http/1.1",
     ) -> None:
         self._make_context = make_context
         self.default_protocol = default_protocol
@@ -219,10 +221,12 @@ class TLSRouter:
             await route.raw(sock, hello)
             return
         assert route.factory is not None
-        ctx = route.contexts.get(proto)
-        if ctx is None:
-            ctx = self._make_context(proto)
-            route.contexts[proto] = ctx
+        try:
+            ctx = self._make_context(proto, hello.server_name)
+        except Exception as exc:
+            log.error("no TLS context for %s (SNI %r): %s", proto, hello.server_name, exc)
+            sock.close()
+            return
         loop = asyncio.get_running_loop()
         try:
             await loop.connect_accepted_socket(

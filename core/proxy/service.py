@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -45,6 +46,7 @@ class ProxyService:
         key_file: Path,
         client_ca_pem: bytes,
         auth_addr: tuple[str, int] | None,
+        mint: Callable[[str], tuple[Path, Path]] | None = None,
     ) -> None:
         self.info = info
         self.listen_host = listen_host
@@ -58,16 +60,51 @@ class ProxyService:
             info, public_addr=public_addr, web_listen_addr=f"{listen_host}:{listen_port}"
         )
         self.router = TLSRouter(self._context_for)
+        self.public_host = (
+            public_addr.rsplit(":", 1)[0].strip("[]") if ":" in public_addr else public_addr
+        )
+        #: signs a certificate for one extra name (in-process auth); see _needs_own_cert
+        self.mint = mint
+        self._contexts: dict[tuple[str, str], ssl.SSLContext] = {}
+        #: protocols whose TLS handshake must carry a client certificate
+        self.require_client_cert: set[str] = set()
         self._runner: web.AppRunner | None = None
         self.addresses: list[tuple[str, int]] = []
 
-    def _context_for(self, protocol: str) -> ssl.SSLContext:
+    def _needs_own_cert(self, server_name: str) -> bool:
+        """A subdomain of a single-label public host (``app.localhost``): OpenSSL refuses
+        ``*.localhost`` wildcards, so such names get a certificate of their own."""
+        host = self.public_host
+        return (
+            self.mint is not None
+            and "." not in host
+            and server_name.endswith("." + host)
+            and server_name.count(".") == 1
+            and server_name[: -len(host) - 1].replace("-", "").isalnum()
+        )
+
+    def _context_for(self, protocol: str, server_name: str = "") -> ssl.SSLContext:
+        name = server_name if self._needs_own_cert(server_name) else ""
+        key = (protocol, name)
+        ctx = self._contexts.get(key)
+        if ctx is not None:
+            return ctx
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        if name:
+            assert self.mint is not None
+            cert_file, key_file = self.mint(name)
+            ctx.load_cert_chain(str(cert_file), str(key_file))
+        else:
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
         ctx.load_verify_locations(cadata=self.client_ca_pem.decode())
-        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.verify_mode = (
+            ssl.CERT_REQUIRED if protocol in self.require_client_cert else ssl.CERT_OPTIONAL
+        )
         ctx.set_alpn_protocols([protocol])
+        if len(self._contexts) > 1024:
+            self._contexts.clear()
+        self._contexts[key] = ctx
         return ctx
 
     async def start(self) -> list[tuple[str, int]]:

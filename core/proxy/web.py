@@ -14,6 +14,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from jumpgate.core.proxy.web_login import register_login_routes
 from jumpgate.core.tlsca import CAType, CertAuthority
 from jumpgate.core.tlsca.export import EXPORT_TYPES, export_ca_type, render_export
 from jumpgate.core.version import VERSION
@@ -83,7 +84,13 @@ class WebAPI:
             r.add_get(f"{prefix}/webapi/find", self.find)
             r.add_get(f"{prefix}/webapi/auth/export", self.auth_export)
         r.add_get("/.well-known/jwks.json", self.jwks)
+        if hasattr(info, "store"):  # the auth service runs in this process
+            from jumpgate.core.proxy.web_agents import register_agent_routes
+
+            register_agent_routes(self.app, info)
         r.add_get("/", self.index)
+        # login + invite pages (no-op unless ``info`` is an in-process AuthServer)
+        register_login_routes(self.app, info, public_addr=public_addr)
 
     def proxy_settings(self) -> dict[str, Any]:
         """``proxy`` part of ping/find."""

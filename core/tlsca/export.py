@@ -58,5 +58,5 @@ def render_export(cluster_name: str, certs: Sequence[x509.Certificate], export_t
                 f"@cert-authority {cluster_name},*.{cluster_name} {key.decode()} type=host"
             )
         else:
-            lines.append(f"cert-authority {key.decode()} clustername={cluster_name}")
+            lines.append(f"cert-authority {key.decode()} clustername={cluster_name}&type=user")
     return ("\n".join(lines) + "\n").encode()

@@ -1,0 +1,1 @@
+"""Database access: the Database Service agent, its engines, and the proxy side."""

@@ -1,0 +1,220 @@
+"""The Database Service agent: joins, heartbeats its databases, serves sessions.
+
+It dials out only. A pool of idle reverse-tunnel connections waits at the
+proxy; each session takes one and the agent dials a replacement. When the proxy
+runs in the same process the sessions arrive over a socketpair instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jumpgate.core.aio import cancel_and_wait, spawn
+from jumpgate.core.auth.aclient import AsyncAuthClient
+from jumpgate.core.auth.identityfile import IdentityFile
+from jumpgate.core.config.services import Database as DatabaseConfig
+from jumpgate.core.errors import ConfigError, JumpgateError
+from jumpgate.core.tlsca import Identity
+
+log = logging.getLogger(__name__)
+
+#: How often the agent announces its databases, and how long an announcement lives.
+HEARTBEAT_INTERVAL = 20.0
+HEARTBEAT_TTL = 60.0
+#: Idle reverse-tunnel connections kept at the proxy.
+TUNNEL_POOL = 3
+
+
+def db_resource(cfg: DatabaseConfig) -> dict[str, Any]:
+    """The ``db`` resource (Teleport's shape) for a static ``db_service.databases`` entry."""
+    tls: dict[str, Any] = {"mode": cfg.tls.mode}
+    if cfg.tls.server_name:
+        tls["server_name"] = cfg.tls.server_name
+    if cfg.tls.trust_system_cert_pool:
+        tls["trust_system_cert_pool"] = True
+    return {
+        "kind": "db",
+        "version": "v3",
+        "metadata": {
+            "name": cfg.name,
+            "description": cfg.description,
+            "labels": {**cfg.static_labels, "teleport.dev/origin": "config-file"},
+        },
+        "spec": {"protocol": cfg.protocol, "uri": cfg.uri, "tls": tls},
+    }
+
+
+@dataclass
+class LiveSession:
+    """A session in progress (for lock enforcement and the dashboard)."""
+
+    session_id: str
+    identity: Identity
+    db: str
+    db_user: str
+    db_name: str
+    close: Any = None  # callable that ends the session
+
+
+@dataclass
+class DatabaseServiceState:
+    """Counters for logs and tests."""
+
+    sessions_total: int = 0
+    sessions_denied: int = 0
+    live: dict[str, LiveSession] = field(default_factory=dict)
+
+
+class DatabaseService:
+    """One agent serving the databases of ``db_service``."""
+
+    def __init__(
+        self,
+        *,
+        databases: list[DatabaseConfig],
+        host_id: str,
+        hostname: str,
+        identity: IdentityFile,
+        auth_addr: str,
+        proxy_addr: str,
+        proxy_sni: str,
+    ) -> None:
+        if not databases:
+            raise ConfigError(
+                "db_service is enabled but lists no databases",
+                hint="add db_service.databases (teleport db configure create writes one)",
+            )
+        self.databases = {d.name: d for d in databases}
+        self.host_id = host_id
+        self.hostname = hostname
+        self.identity = identity
+        self.auth = AsyncAuthClient(auth_addr, identity)
+        self.proxy_addr = proxy_addr
+        self.proxy_sni = proxy_sni
+        self.state = DatabaseServiceState()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        #: set when the proxy runs in this process: sessions come over socketpairs
+        self.local_registry: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Announce the databases once (so they are visible at once), then keep serving."""
+        await self._heartbeat_once()
+        names = ", ".join(self.databases)
+        log.info("db: serving %s (host id %s)", names, self.host_id)
+        self._tasks.append(spawn(self._heartbeat_loop(), name="db-heartbeat"))
+        self._tasks.append(spawn(self._lock_loop(), name="db-locks"))
+        if self.local_registry is not None:
+            self.local_registry.add_local(self.host_id, self._local_session)
+        else:
+            from jumpgate.core.db.tunnel import TunnelAgent
+
+            self._tunnel = TunnelAgent(
+                proxy_addr=self.proxy_addr,
+                sni=self.proxy_sni,
+                identity=self.identity,
+                host_id=self.host_id,
+                services=["db"],
+                pool=TUNNEL_POOL,
+                on_session=self.handle_session,
+            )
+            self._tasks.append(spawn(self._tunnel.run(), name="db-tunnel"))
+
+    async def close(self) -> None:
+        """Stop serving; live sessions are closed."""
+        self._stopping = True
+        if self.local_registry is not None:
+            self.local_registry.remove_local(self.host_id)
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        for sess in list(self.state.live.values()):
+            if sess.close:
+                sess.close()
+        await self.auth.close()
+
+    # ------------------------------------------------------------------ heartbeats
+    async def _heartbeat_once(self) -> None:
+        await self.auth.call(
+            "db.heartbeat",
+            host_id=self.host_id,
+            hostname=self.hostname,
+            databases=[db_resource(d) for d in self.databases.values()],
+            ttl=HEARTBEAT_TTL,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        delay = HEARTBEAT_INTERVAL
+        while True:
+            await asyncio.sleep(delay * random.uniform(0.8, 1.0))
+            try:
+                await self._heartbeat_once()
+                delay = HEARTBEAT_INTERVAL
+            except JumpgateError as exc:
+                log.warning("db: heartbeat failed (%s); retrying", exc)
+                delay = 2.0
+
+    # ------------------------------------------------------------------ locks
+    async def _lock_loop(self) -> None:
+        generation = -1
+        while True:
+            try:
+                res = await self.auth.call("locks.watch", generation=generation, timeout=25)
+            except JumpgateError as exc:
+                log.debug("db: lock watch failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            generation = int(res["generation"])
+            self.enforce_locks(res["locks"])
+
+    def enforce_locks(self, locks: list[dict[str, Any]]) -> None:
+        """Close every live session a lock targets."""
+        for sess in list(self.state.live.values()):
+            for lk in locks:
+                target = lk.get("spec", {}).get("target", {})
+                ident = sess.identity
+                hit = (
+                    target.get("user") and target["user"] in (ident.username, ident.impersonator)
+                ) or (target.get("role") and target["role"] in ident.groups)
+                if hit:
+                    log.info(
+                        "db: closing session %s of %s: locked (%s)",
+                        sess.session_id,
+                        ident.username,
+                        lk.get("spec", {}).get("message", ""),
+                    )
+                    if sess.close:
+                        sess.close(f"locked: {lk.get('spec', {}).get('message', '')}")
+                    break
+
+    # ------------------------------------------------------------------ sessions
+    async def handle_session(
+        self, transport: asyncio.Transport, handshake: Any, header: dict[str, Any]
+    ) -> None:
+        """Serve one session or cancel request that arrived through a tunnel."""
+        from jumpgate.core.db.engines import get_engine
+
+        db_cfg = self.databases.get(str(header.get("db", "")))
+        engine = get_engine(str(header.get("protocol", db_cfg.protocol if db_cfg else "")))
+        await engine.serve(self, db_cfg, transport, handshake, header)
+
+    async def _local_session(self) -> socket.socket:
+        """In-process hand-off: a socketpair whose other end this agent serves."""
+        from jumpgate.core.db.tunnel import serve_tunnel_socket
+
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        spawn(serve_tunnel_socket(ours, self.handle_session), name="db-local-session")
+        return theirs
+
+
+def identity_path(data_dir: Path, role: str) -> Path:
+    """Where an agent keeps its host identity."""
+    return data_dir / "proc" / f"{role.lower()}.pem"
