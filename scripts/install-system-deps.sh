@@ -43,6 +43,7 @@ have_cmd curl || need_pkg curl curl
 have_cmd setfacl || need_pkg acl setfacl
 have_cmd getfacl || need_pkg acl getfacl
 have_cmd tmux || need_pkg tmux tmux
+[[ -x /usr/bin/chromium ]] || need_pkg chromium "headless browser test of the invite page"
 have_cmd wrk || need_pkg wrk wrk
 have_cmd make || need_pkg make make
 
