@@ -249,6 +249,7 @@ async def users_reset(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]
     with contextlib.suppress(NotFound):
         await ctx.auth.backend.delete(f"/web/users/{name}/pwd")
     ttl = _ttl(params) or timedelta(hours=8)
+    await ctx.auth.revoke_user_tokens(name)  # earlier links stop working
     token = await ctx.auth.create_invite(name, ttl=ttl)
     ctx.auth.audit.emit("user.update", user=ctx.caller, name=name, action="reset")
     return {"token": token, "url": ctx.auth.invite_url(token), "ttl": ttl.total_seconds()}

@@ -561,6 +561,24 @@ class AuthServer:
         )
         return token
 
+    async def revoke_user_tokens(self, username: str) -> int:
+        """Invalidate every outstanding invite/reset link of ``username``."""
+        import json
+
+        from jumpgate.core.backend import prefix_end
+
+        gone = 0
+        for item in await self.backend.get_range("/usertokens/", prefix_end("/usertokens/")):
+            try:
+                owner = json.loads(item.value).get("user")
+            except ValueError:
+                continue
+            if owner == username:
+                with contextlib.suppress(NotFound):
+                    await self.backend.delete(item.key)
+                    gone += 1
+        return gone
+
     def invite_url(self, token: str) -> str:
         """``https://<proxy public addr>/web/invite/<token>``."""
         return f"https://{self.proxy_public_addr}/web/invite/{token}"
@@ -595,6 +613,7 @@ class AuthServer:
                 hint=f"remove the bot instead: tctl bots rm {user.metadata.labels[BOT_LABEL]}",
             )
         await self.store.delete("user", name)
+        await self.revoke_user_tokens(name)
         with contextlib.suppress(NotFound):
             await self.backend.delete(f"/web/users/{name}/pwd")
         self.audit.emit("user.delete", user=deleter or None, name=name)
