@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -193,11 +194,49 @@ def db_configure_create(
     ),
 ) -> None:
     """Write a teleport.yaml for a Database Service agent."""
-    import inspect
+    from jumpgate.core.config import render_db_configure, write_output
 
-    from jumpgate.core.config import parse_labels, render_db_configure, write_output
+    text = render_db_configure(
+        **_db_agent_args(
+            proxy=proxy,
+            token=token,
+            ca_pin=ca_pin,
+            name=name,
+            protocol=protocol,
+            uri=uri,
+            labels=labels,
+            description=description,
+            ca_cert_file=ca_cert_file,
+            trust_system_cert_pool=trust_system_cert_pool,
+            data_dir=data_dir,
+            nodename=nodename,
+        )
+    )
+    written = write_output(text, output)
+    if output == "stdout":
+        print(written, end="")
+    else:
+        info(f"Wrote config to file {written!r}. Now you can start the server. Happy Teleporting!")
 
-    kwargs: dict[str, object] = {
+
+def _db_agent_args(
+    *,
+    proxy: str,
+    token: str,
+    ca_pin: list[str],
+    name: str,
+    protocol: str,
+    uri: str,
+    labels: str,
+    description: str,
+    ca_cert_file: str,
+    trust_system_cert_pool: bool,
+    data_dir: str,
+    nodename: str,
+) -> dict[str, Any]:
+    from jumpgate.core.config import parse_labels
+
+    return {
         "proxy": proxy,
         "token": token,
         "name": name,
@@ -209,15 +248,69 @@ def db_configure_create(
         "ca_pins": list(ca_pin),
         "data_dir": data_dir,
         "nodename": nodename or None,
+        "description": description,
     }
-    if description and "description" in inspect.signature(render_db_configure).parameters:
-        kwargs["description"] = description
-    text = render_db_configure(**kwargs)  # type: ignore[arg-type]
-    written = write_output(text, output)
-    if output == "stdout":
-        print(written, end="")
-    else:
-        info(f"Wrote config to file {written!r}. Now you can start the server. Happy Teleporting!")
+
+
+@db_app.command("start")
+def db_start(
+    token: str = typer.Option(..., "--token", help="Join token, or a path to a file holding it"),
+    proxy: str = typer.Option("", "--proxy", help="Proxy address to join through, host[:port]"),
+    auth_server: str = typer.Option(
+        "", "--auth-server", help="Same as --proxy (Teleport's older spelling)"
+    ),
+    ca_pin: list[str] = typer.Option([], "--ca-pin", help="CA pin(s) of the cluster, sha256:..."),
+    name: str = typer.Option(..., "--name", help="Name of the database"),
+    protocol: str = typer.Option(..., "--protocol", help="Database protocol, e.g. postgres"),
+    uri: str = typer.Option(..., "--uri", help="Address of the database, host:port"),
+    labels: str = typer.Option("", "--labels", help="Static labels, k=v,k2=v2"),
+    description: str = typer.Option("", "--description", help="Description shown by tsh db ls"),
+    ca_cert_file: str = typer.Option(
+        "", "--ca-cert", "--ca-cert-file", help="CA that signed the database's certificate"
+    ),
+    data_dir: str = typer.Option(
+        "/var/lib/teleport", "--data-dir", help="Where the agent keeps its state"
+    ),
+    nodename: str = typer.Option(
+        "", "--nodename", help="Name of this node [default: the host name]"
+    ),
+    debug: bool = typer.Option(False, "-d", "--debug", help="Debug logging"),
+) -> None:
+    """Run a Database Service agent for one database, configured by flags alone."""
+    import asyncio
+
+    from jumpgate.cli.logsetup import setup_logging
+    from jumpgate.core.aio import install_event_loop_policy
+    from jumpgate.core.config import parse_config, render_db_configure
+    from jumpgate.core.errors import BadParameter
+    from jumpgate.core.process import TeleportProcess
+
+    addr = proxy or auth_server
+    if not addr:
+        raise BadParameter(
+            "--proxy is required",
+            hint="the proxy's public address, e.g. --proxy=teleport.example.com:443",
+        )
+    text = render_db_configure(
+        **_db_agent_args(
+            proxy=addr,
+            token=token,
+            ca_pin=ca_pin,
+            name=name,
+            protocol=protocol,
+            uri=uri,
+            labels=labels,
+            description=description,
+            ca_cert_file=ca_cert_file,
+            trust_system_cert_pool=False,
+            data_dir=data_dir,
+            nodename=nodename,
+        )
+    )
+    cfg = parse_config(text, "teleport db start flags")
+    setup_logging(level="DEBUG" if debug else "INFO")
+    install_event_loop_policy()
+    asyncio.run(TeleportProcess(cfg).run())
 
 
 def main() -> None:

@@ -124,6 +124,7 @@ def render_db_configure(
     ca_pins: list[str],
     data_dir: str = DEFAULT_DATA_DIR,
     nodename: str | None,
+    description: str = "",
 ) -> str:
     """``teleport db configure create``: a v3 Database Service agent configuration.
 
@@ -158,7 +159,10 @@ def render_db_configure(
         teleport["ca_pin"] = pins
     teleport["log"] = _log_section()
 
-    db: dict[str, Any] = {"name": name, "protocol": protocol, "uri": uri}
+    db: dict[str, Any] = {"name": name}
+    if description:
+        db["description"] = description
+    db.update({"protocol": protocol, "uri": uri})
     if labels:
         db["static_labels"] = dict(labels)
     tls: dict[str, Any] = {}
