@@ -179,7 +179,8 @@ def main() -> int:
     )
     if load_before > 0.5:
         print(
-            "  warning: the machine is busy; figures will be noisy (compare ratios, not absolutes)"
+            "  warning: the machine is busy; figures will be noisy "
+            "(the min and median ratios are steadier than the mean)"
         )
     if hf:
         times = run_hyperfine(hf, cmds, args.runs, args.warmup, env)
@@ -188,9 +189,14 @@ def main() -> int:
 
     base_name = cmds[0][0]
     base = statistics.fmean(times[base_name])
+    base_median = statistics.median(times[base_name])
+    base_min = min(times[base_name])
     rows: list[dict[str, Any]] = []
     print()
-    print(f"  {'command':<20} {'mean':>9} {'median':>9} {'min':>9} {'stdev':>8} {'x python':>9}")
+    print(
+        f"  {'command':<20} {'mean':>9} {'median':>9} {'min':>9} {'stdev':>8} "
+        f"{'x py mean':>10} {'x py median':>12} {'x py min':>9}"
+    )
     for name, _ in cmds:
         t = times[name]
         mean = statistics.fmean(t)
@@ -201,6 +207,8 @@ def main() -> int:
             "min_ms": round(min(t) * 1000, 2),
             "stdev_ms": round(statistics.stdev(t) * 1000, 2) if len(t) > 1 else 0.0,
             "ratio": round(mean / base, 2),
+            "median_ratio": round(statistics.median(t) / base_median, 2),
+            "min_ratio": round(min(t) / base_min, 2),
         }
         if name != base_name:
             row["goal_met"] = row["ratio"] <= GOAL_RATIO
@@ -208,7 +216,8 @@ def main() -> int:
         mark = "" if name == base_name else ("  ok" if row["goal_met"] else "  OVER GOAL")
         print(
             f"  {name:<20} {row['mean_ms']:>7.1f}ms {row['median_ms']:>7.1f}ms {row['min_ms']:>7.1f}ms "
-            f"{row['stdev_ms']:>6.1f}ms {row['ratio']:>8.2f}x{mark}"
+            f"{row['stdev_ms']:>6.1f}ms {row['ratio']:>9.2f}x {row['median_ratio']:>11.2f}x "
+            f"{row['min_ratio']:>8.2f}x{mark}"
         )
     worst = max(r["ratio"] for r in rows if r["command"] != base_name)
     goal_met = worst <= GOAL_RATIO
