@@ -191,10 +191,22 @@ def print_yaml(docs: Sequence[Any] | Any, *, multi: bool = False) -> None:
     """YAML to stdout; ``multi`` prints each item as its own document (``---`` between)."""
     import yaml  # lazily: start-up time
 
+    class _Dumper(yaml.SafeDumper):
+        """Multi-line strings (PEM certificates) as readable ``|`` blocks."""
+
+    def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, _str)
+
     def dump(d: Any) -> str:
         return str(
-            yaml.safe_dump(
-                json.loads(json.dumps(d, default=_default)), sort_keys=False, allow_unicode=True
+            yaml.dump(
+                json.loads(json.dumps(d, default=_default)),
+                Dumper=_Dumper,
+                sort_keys=False,
+                allow_unicode=True,
             )
         )
 

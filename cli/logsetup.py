@@ -49,6 +49,8 @@ def setup_logging(*, level: str = "INFO", fmt: str = "text", output: str = "stde
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    lvl = {"WARN": "WARNING"}.get(level.upper(), level.upper())
+    lvl = {"WARN": "WARNING", "TRACE": "DEBUG"}.get(level.upper(), level.upper())
+    if lvl not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        lvl = "INFO"
     root.setLevel(lvl)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

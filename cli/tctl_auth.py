@@ -117,7 +117,12 @@ def sign(
     if not overwrite and Path(out).exists() and fmt == "file":
         raise AlreadyExists(f"{out} already exists", hint="pass --overwrite to replace it")
     resp = client.call(
-        "certs.user", public_key=pub, username=user, ttl=ttl_s, route_to_database=route
+        "certs.user",
+        public_key=pub,
+        username=user,
+        ttl=ttl_s,
+        route_to_database=route,
+        strict_ttl=bool(ttl),
     )
     files = write_user_credentials(
         fmt,
@@ -169,10 +174,11 @@ def export(
     gl = _ctx_globals(ctx)
     if gl.auth_server and not gl.identity:
         fetched = fetch_ca_export(gl.auth_server, export_type)
-        if not fetched.verified:
+        if not fetched.verified and not gl.insecure:
             warn(
-                f"{gl.auth_server} presented a certificate this machine does not trust; the CA below "
-                "was fetched without verification. Compare the host CA pin (tctl status on the auth host)."
+                f"{gl.auth_server} presented a certificate this machine does not trust, so the CA "
+                f"below was fetched without verification (its pin: {fetched.pin}). Compare it with "
+                "tctl auth export on the auth host; --insecure silences this warning."
             )
         sys.stdout.buffer.write(fetched.body)
         return

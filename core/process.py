@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from jumpgate.core.auth.api import AuthAPI, server_ssl_context
 from jumpgate.core.auth.identityfile import IdentityFile
@@ -56,7 +56,8 @@ class DataDirLock:
     def acquire(self) -> None:
         """Take the lock or raise ConfigError naming the holder."""
         ensure_private_dir(self.path.parent)
-        fh = self.path.open("a+")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fh = os.fdopen(fd, "r+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -92,6 +93,7 @@ class Services:
     auth_addr: tuple[str, int] | None = None
     proxy: ProxyService | None = None
     proxy_addrs: list[tuple[str, int]] = field(default_factory=list)
+    db: Any = None
     extra: list[object] = field(default_factory=list)
 
 
@@ -145,8 +147,11 @@ class TeleportProcess:
     async def _start_services(self) -> None:
         cfg = self.config
         host_id = self.host_uuid()
-        if not (cfg.auth_enabled or cfg.proxy_enabled):
-            log.warning("no auth or proxy service enabled: nothing for this process to run yet")
+        if not (cfg.auth_enabled or cfg.proxy_enabled or cfg.db_enabled):
+            raise ConfigError(
+                "no service is enabled in this configuration",
+                hint="enable auth_service, proxy_service or db_service",
+            )
         if cfg.auth_enabled:
             log.info("backend: SQLite at %s", cfg.backend_path)
             self._backend = SQLiteBackend(cfg.backend_path)
@@ -168,6 +173,60 @@ class TeleportProcess:
                     hint="enable auth_service in the same teleport.yaml",
                 )
             await self._start_proxy(self.services.auth, host_id)
+        if cfg.db_enabled:
+            await self._start_db_service(host_id)
+
+    async def _start_db_service(self, host_id: str) -> None:
+        """The Database Service: in-process with a local auth, or an agent that joins."""
+        from jumpgate.core.db.service import DatabaseService, identity_path
+        from jumpgate.core.join import load_or_join
+
+        cfg = self.config
+        auth = self.services.auth
+        if auth is not None and self.services.auth_addr is not None:
+            key = generate_private_key()
+            issued = auth.generate_host_cert(
+                public_key=public_key_to_pem(key.public_key()), host_id=host_id, role="Db"
+            )
+            ident = IdentityFile(
+                key_pem=private_key_to_pem(key),
+                cert_pem=issued.cert_pem,
+                ca_pems=(issued.host_ca_pem,),
+            )
+            auth_addr = "{}:{}".format(*self.services.auth_addr)
+            proxy_addr = cfg.proxy_public_addr
+        else:
+            upstream = cfg.upstream()
+            if upstream is None:
+                raise ConfigError(
+                    "db_service needs teleport.proxy_server (or auth_server) to join a cluster",
+                    hint="teleport db configure create --proxy=HOST:PORT writes it",
+                )
+            _, proxy_addr = upstream
+            ident = await load_or_join(
+                identity_path(self.data_dir, "Db"),
+                proxy_addr,
+                token=cfg.join_token() or "",
+                ca_pins=list(cfg.teleport.ca_pin),
+                host_id=host_id,
+                node_name=cfg.teleport.nodename,
+                role="Db",
+            )
+            auth_addr = proxy_addr
+        proxy_host = parse_hostport(proxy_addr, 3080)[0]
+        service = DatabaseService(
+            databases=list(cfg.db_service.databases),
+            host_id=host_id,
+            hostname=cfg.teleport.nodename,
+            identity=ident,
+            auth_addr=auth_addr,
+            proxy_addr=proxy_addr,
+            proxy_sni=proxy_host,
+        )
+        if self.services.proxy is not None:
+            service.local_registry = self.services.proxy.tunnels
+        await service.start()
+        self.services.db = service
 
     async def _start_auth_api(self, auth: AuthServer, host_id: str) -> None:
         cfg = self.config
@@ -260,6 +319,8 @@ class TeleportProcess:
             client_ca_pem=auth.ca_pem(CAType.USER) + auth.ca_pem(CAType.HOST),
             auth_addr=self.services.auth_addr,
             mint=lambda name: self._mint_proxy_cert(auth, host_id, name),
+            host_ca_pem=auth.ca_pem(CAType.HOST),
+            user_ca_pem=auth.ca_pem(CAType.USER),
         )
         try:
             self.services.proxy_addrs = await proxy.start()
@@ -284,6 +345,9 @@ class TeleportProcess:
 
     async def _stop_services(self) -> None:
         s = self.services
+        if s.db is not None:
+            log.info("shutdown: stopping the Database Service")
+            await s.db.close()
         if s.proxy is not None:
             log.info("shutdown: closing the proxy's web port")
             await s.proxy.close()

@@ -23,7 +23,8 @@ WEB=$(sed -n 's/^ *web_listen_addr: *127.0.0.1:\([0-9]*\).*/\1/p' "$CONF")
 
 "$BIN/teleport" start -c "$CONF" 2>"$DEMO/teleport.log" &
 PID=$!
-trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null; echo; echo "Demo cluster stopped (state kept in $DEMO)."' EXIT INT TERM
+stop() { kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null; echo; echo "Demo cluster stopped (state kept in $DEMO)."; exit 0; }
+trap stop INT TERM
 
 for _ in $(seq 1 100); do
   if "$BIN/tctl" -c "$CONF" status >/dev/null 2>&1; then break; fi
@@ -32,7 +33,11 @@ for _ in $(seq 1 100); do
 done
 
 TCTL="$BIN/tctl -c $CONF"
-$TCTL get user/alice >/dev/null 2>&1 || $TCTL users add alice --roles=access,editor --db-users='*' --db-names='*' >"$DEMO/alice-invite.txt"
+if $TCTL get user/alice >/dev/null 2>&1; then
+  $TCTL users reset alice >"$DEMO/alice-invite.txt"   # a fresh link each run
+else
+  $TCTL users add alice --roles=access,editor --db-users='*' --db-names='*' >"$DEMO/alice-invite.txt"
+fi
 
 cat <<TXT
 
@@ -56,4 +61,5 @@ $($TCTL status | sed 's/^/   /')
 
  Press Ctrl-C to stop.
 TXT
-wait $PID
+wait $PID || true
+echo "teleport exited; see $DEMO/teleport.log"

@@ -376,6 +376,7 @@ async def certs_user(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
         roles=_strs(params, "roles") or None,
         requester=ctx.identity,
         login_ip=ctx.client_addr.rsplit(":", 1)[0],
+        strict_ttl=bool(params.get("strict_ttl")),
     )
     return issued.to_wire()
 

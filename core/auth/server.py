@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from jumpgate.core.audit import AuditLog
 from jumpgate.core.auth.store import ResourceStore
 from jumpgate.core.backend import Backend
+from jumpgate.core.durations import format_duration
 from jumpgate.core.errors import AccessDenied, AlreadyExists, BadParameter, ConfigError, NotFound
 from jumpgate.core.rbac import AccessChecker
 from jumpgate.core.resources import CertAuthority as CAResource
@@ -325,11 +326,19 @@ class AuthServer:
             )
 
     # ------------------------------------------------------------------ certificates
-    def _cap_ttl(self, ttl: timedelta | None, checker: AccessChecker) -> timedelta:
+    def _cap_ttl(
+        self, ttl: timedelta | None, checker: AccessChecker, *, strict: bool = False
+    ) -> timedelta:
         ttl = ttl or DEFAULT_CERT_TTL
         if ttl <= timedelta(0):
             raise BadParameter("the requested certificate TTL must be positive")
         max_ttl = checker.max_session_ttl()
+        if strict and max_ttl > timedelta(0) and ttl > max_ttl:
+            raise BadParameter(
+                f"The credential was not issued because the requested TTL of {format_duration(ttl)} "
+                f"exceeded the maximum allowed value of {format_duration(max_ttl)}",
+                hint="ask for a shorter --ttl, or raise options.max_session_ttl in the user's roles",
+            )
         return min(ttl, max_ttl) if max_ttl > timedelta(0) else ttl
 
     async def generate_user_cert(
@@ -343,6 +352,7 @@ class AuthServer:
         roles: Sequence[str] | None = None,
         requester: Identity | None = None,
         login_ip: str = "",
+        strict_ttl: bool = False,
     ) -> IssuedCert:
         """Sign a user certificate for ``username`` with the user CA.
 
@@ -366,7 +376,7 @@ class AuthServer:
                 )
             granted = wanted
         checker = self.checker_for(granted, traits)
-        ttl = self._cap_ttl(ttl, checker)
+        ttl = self._cap_ttl(ttl, checker, strict=strict_ttl)
         now = self.clock()
         identity = Identity(
             username=username,
@@ -448,7 +458,11 @@ class AuthServer:
             client=True,
         )
         self.audit.emit(
-            "cert.create", cert_type="db_server", hosts=hosts, user=requester or None, ttl=str(ttl)
+            "cert.create",
+            cert_type="db_server",
+            hosts=hosts,
+            user=requester or None,
+            ttl=int(ttl.total_seconds()),
         )
         return self._issued(cert, Identity(username=hosts[0]))
 
@@ -465,6 +479,13 @@ class AuthServer:
     ) -> Resource:
         """Create a join token; the token's name is its secret value."""
         sys_roles = [system_role(r) for r in roles]
+        if "Admin" in sys_roles:
+            raise BadParameter("join tokens cannot grant the Admin role")
+        if "Bot" in sys_roles and not bot_name:
+            raise BadParameter(
+                "bot join tokens belong to a bot",
+                hint="create the bot and its token with: tctl bots add NAME --roles=...",
+            )
         if not sys_roles:
             raise BadParameter(
                 "a token needs at least one type", hint="pass --type=db (or app, node, bot)"

@@ -124,6 +124,18 @@ class FetchedExport:
     body: bytes
     verified: bool
 
+    @property
+    def pin(self) -> str:
+        """``sha256:…`` of the first certificate's public key (PEM exports only)."""
+        from cryptography import x509
+
+        from jumpgate.core.tlsca import ca_pin
+
+        try:
+            return ca_pin(x509.load_pem_x509_certificates(self.body)[0])
+        except ValueError:
+            return "n/a"
+
 
 def fetch_ca_export(addr: str, export_type: str, *, timeout: float = 15.0) -> FetchedExport:
     """``GET https://ADDR/webapi/auth/export?type=…`` (public CA material).

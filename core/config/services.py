@@ -158,16 +158,22 @@ class AuthService(Strict):
         return [_split_token(t) for t in self.tokens]
 
 
+def _redact(item: str) -> str:
+    """``roles:secret`` with the secret hidden (error messages must not leak it)."""
+    roles_s, sep, _ = item.partition(":")
+    return f"{roles_s}:********" if sep else "********"
+
+
 def _split_token(item: str) -> StaticToken:
     roles_s, sep, value = item.partition(":")
     hint = 'write "<roles>:<token>", for example "proxy,node:abc123" or "db:/path/to/file"'
     if not sep or not roles_s.strip() or not value.strip():
-        raise Invalid(f"static token {item!r} is not in the form roles:token", hint=hint)
+        raise Invalid(f"static token {_redact(item)!r} is not in the form roles:token", hint=hint)
     roles = tuple(r.strip().lower() for r in roles_s.split(","))
     for r in roles:
         if r not in SYSTEM_ROLES:
             raise Invalid(
-                f"static token {item!r}: unknown role {r!r}",
+                f"static token {_redact(item)!r}: unknown role {r!r}",
                 hint=_suggest(r, SYSTEM_ROLES) or f"roles are: {', '.join(sorted(SYSTEM_ROLES))}",
             )
     return StaticToken(roles, value.strip())
