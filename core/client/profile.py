@@ -466,13 +466,6 @@ class ProfileStore:
                 self.current_profile_path.unlink()
         return [prof]
 
-    def delete_all(self) -> builtins.list[Profile]:
-        """Log out of every proxy."""
-        removed: builtins.list[Profile] = []
-        for prof in self.list():
-            removed.extend(self.delete(prof.web_proxy_addr))
-        return removed
-
     # ------------------------------------------------------------------ conveniences
     def db_cert_path(self, db: str) -> Path:
         """Certificate path of ``db`` in the active profile."""
@@ -491,12 +484,6 @@ class ProfileStore:
         """The active profile as an identity file."""
         return self.require_current().identity_file()
 
-    def status_dir(self) -> Path:
-        """``<home>/proxies`` (created 0700) for local proxy status files."""
-        path = self.home / "proxies"
-        _mkdirs(path, self.home)
-        return path
-
 
 def store_from_identity_file(identity: str | os.PathLike[str], proxy_addr: str) -> ProfileStore:
     """A throw-away profile directory (0700, removed at exit) holding an identity file (``-i``).
@@ -507,13 +494,15 @@ def store_from_identity_file(identity: str | os.PathLike[str], proxy_addr: str) 
     import atexit
     import tempfile
 
+    from cryptography.x509.oid import NameOID
+
     from jumpgate.core.auth.identityfile import read_identity_file
     from jumpgate.core.tlsca import load_certificate
 
     ident = read_identity_file(Path(identity))
     host_cas = []
     for pem in ident.ca_pems:
-        ous = load_certificate(pem).subject.get_attributes_for_oid(_OU_OID())
+        ous = load_certificate(pem).subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
         if any(str(a.value) == "host" for a in ous):
             host_cas.append(pem)
     tmp = tempfile.mkdtemp(prefix="tsh-identity-")
@@ -528,9 +517,3 @@ def store_from_identity_file(identity: str | os.PathLike[str], proxy_addr: str) 
         ca_pem=b"".join(host_cas or ident.ca_pems),
     )
     return store
-
-
-def _OU_OID() -> Any:
-    from cryptography.x509.oid import NameOID
-
-    return NameOID.ORGANIZATIONAL_UNIT_NAME
