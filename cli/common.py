@@ -120,7 +120,10 @@ def run_app(app: Callable[..., Any], *, prog: str, argv: list[str] | None = None
         DEBUG or "--debug" in args or "-d" in args or os.environ.get(f"{prog.upper()}_DEBUG") == "1"
     )
     try:
-        app(args=args, prog_name=prog, standalone_mode=False)
+        rc = app(args=args, prog_name=prog, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            # click returns typer.Exit(code) instead of raising when not standalone
+            raise SystemExit(rc)
     except JumpgateError as exc:
         if DEBUG:
             import traceback

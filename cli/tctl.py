@@ -279,6 +279,64 @@ def lock(
     print(f'Created a lock with name "{res["metadata"]["name"]}".')
 
 
+audit_app = typer.Typer(help="Read the audit log.", no_args_is_help=True)
+
+
+@audit_app.command("ls")
+def audit_ls(
+    ctx: typer.Context,
+    since: str = typer.Option("24h", "--since", help="How far back to look (duration, e.g. 1h)"),
+    type: list[str] = typer.Option(
+        [], "--type", help="Only events of this type (repeatable), e.g. db.session.start"
+    ),
+    user: str = typer.Option("", "--user", help="Only events of this user"),
+    limit: int = typer.Option(200, "--limit", help="At most this many (the most recent)"),
+    format: Format = typer.Option(Format.text, "--format", help="Output format"),
+) -> None:
+    """Recent audit events, oldest first."""
+    from datetime import UTC, datetime
+
+    from jumpgate.core.durations import parse_duration
+
+    start = datetime.now(UTC) - parse_duration(since, field="--since")
+    events = (
+        g(ctx)
+        .client()
+        .call(
+            "events.search",
+            since=start.isoformat(),
+            types=list(type),
+            limit=limit,
+            filters={"user": user} if user else {},
+        )
+    )
+    if format is Format.json:
+        print_json(events)
+        return
+    if format is Format.yaml:
+        print_yaml(events, multi=True)
+        return
+    skip = {"event", "code", "time", "uid", "cluster_name", "ei", "user", "success"}
+    rows = []
+    for ev in events:
+        detail = " ".join(
+            f"{k}={v}" for k, v in ev.items() if k not in skip and v not in (None, "", [])
+        )
+        ok = "" if "success" not in ev else ("ok" if ev["success"] else "DENIED")
+        rows.append(
+            [
+                ev.get("time", "")[:19].replace("T", " "),
+                ev.get("event", ""),
+                ev.get("user", ""),
+                ok,
+                detail,
+            ]
+        )
+    print_table(
+        ["Time (UTC)", "Event", "User", "Result", "Details"], rows, empty="No events found."
+    )
+
+
 def _register_subapps() -> None:
     from jumpgate.cli import tctl_auth, tctl_users
 
@@ -287,6 +345,7 @@ def _register_subapps() -> None:
     app.add_typer(tctl_users.bots_app, name="bot", hidden=True)
     app.add_typer(tctl_users.tokens_app, name="tokens")
     app.add_typer(tctl_auth.auth_app, name="auth")
+    app.add_typer(audit_app, name="audit")
 
 
 _register_subapps()

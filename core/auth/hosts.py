@@ -87,7 +87,7 @@ async def join_host(
         host_id=host_id,
         node_name=node_name,
         addr=client_addr,
-        token_expires=tok.metadata.expires if tok else None,
+        token_expires=tok.metadata.expires.isoformat() if tok and tok.metadata.expires else None,
     )
     return {
         "cert": issued.cert_pem.decode(),
