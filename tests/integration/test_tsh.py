@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import ssl
 import stat
@@ -27,11 +28,19 @@ from tests.integration.conftest import (
     Cluster,
     assert_clean_stderr,
     cli_env,
-    running_cluster,
+    make_cluster,
 )
 
 TSH = str(Path(sys.executable).parent / "tsh")
 PASSWORD = "a long enough passphrase"
+
+
+def tsh_env(home: Path) -> dict[str, str]:
+    """The console-script environment with ``TELEPORT_HOME=home`` and a private pg service file."""
+    env = cli_env()
+    env["TELEPORT_HOME"] = str(home)
+    env["PGSERVICEFILE"] = str(home.parent / "pg_service.conf")
+    return env
 
 
 def tsh(
@@ -42,16 +51,13 @@ def tsh(
     timeout: float = 30.0,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``tsh`` with ``TELEPORT_HOME=home``; with ``check`` require exit 0."""
-    env = cli_env()
-    env["TELEPORT_HOME"] = str(home)
-    env["PGSERVICEFILE"] = str(home.parent / "pg_service.conf")
     proc = subprocess.run(
         [TSH, *args],
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        env=env,
+        env=tsh_env(home),
         timeout=timeout,
         check=False,
     )
@@ -115,13 +121,17 @@ def carol(cluster: Cluster, host_ca: str) -> str:
     return "carol"
 
 
-def saved_profile(cluster: Cluster, home: Path, tmp_path: Path) -> ProfileStore:
-    """A profile built from ``tctl auth sign --user=alice`` (no password login needed)."""
-    ident_path = tmp_path / "alice.id"
+def sign_alice(cluster: Cluster, out: Path) -> Path:
+    """``tctl auth sign --user=alice`` (alice may use any database user and name)."""
     if "alice" not in cluster.tctl("users", "ls").stdout:
         cluster.tctl("users", "add", "alice", "--roles=access", "--db-users=*", "--db-names=*")
-    cluster.tctl("auth", "sign", "--user=alice", f"--out={ident_path}", "--overwrite")
-    ident = read_identity_file(ident_path)
+    cluster.tctl("auth", "sign", "--user=alice", f"--out={out}", "--overwrite")
+    return out
+
+
+def saved_profile(cluster: Cluster, home: Path, tmp_path: Path) -> ProfileStore:
+    """A profile built from ``tctl auth sign --user=alice`` (no password login needed)."""
+    ident = read_identity_file(sign_alice(cluster, tmp_path / "alice.id"))
     store = ProfileStore(home)
     store.save(
         proxy_addr=cluster.public_addr,
@@ -139,8 +149,6 @@ def test_version_without_profile_is_offline_and_light(home: Path) -> None:
     out = tsh(home, "version").stdout
     assert re.fullmatch(r"Jumpgate tsh v\S+ \(Teleport \S+ compatible\) python\S+\n", out), out
     # nothing heavy is imported on this path (no crypto, no YAML, no TLS, no HTTP)
-    env = cli_env()
-    env["TELEPORT_HOME"] = str(home)
     probe = subprocess.run(
         [
             sys.executable,
@@ -151,7 +159,7 @@ def test_version_without_profile_is_offline_and_light(home: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        env=env,
+        env=tsh_env(home),
         timeout=30,
         check=False,
     )
@@ -174,12 +182,23 @@ def test_login_to_unreachable_proxy_names_the_address(home: Path) -> None:
 
 
 # ---------------------------------------------------------------------- password login
+def login(
+    cluster: Cluster,
+    home: Path,
+    user: str,
+    *flags: str,
+    password: str = PASSWORD,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """``tsh login`` with the password on stdin (not a terminal)."""
+    proxy = f"--proxy={cluster.public_addr}"
+    return tsh(home, "login", f"--user={user}", *flags, proxy, input=password + "\n", check=check)
+
+
 def test_login_status_logout_with_password_from_stdin(
     cluster: Cluster, carol: str, home: Path
 ) -> None:
-    proc = tsh(
-        home, "login", f"--proxy={cluster.public_addr}", f"--user={carol}", input=PASSWORD + "\n"
-    )
+    proc = login(cluster, home, carol)
     rows = status_rows(proc.stdout)
     assert proc.stdout.startswith(f"> Profile URL:        https://{cluster.public_addr}\n")
     assert rows["Logged in as"] == carol
@@ -217,14 +236,7 @@ def test_login_status_logout_with_password_from_stdin(
 
 
 def test_wrong_password_is_refused(cluster: Cluster, carol: str, home: Path) -> None:
-    proc = tsh(
-        home,
-        "login",
-        f"--proxy={cluster.public_addr}",
-        f"--user={carol}",
-        input="not the password\n",
-        check=False,
-    )
+    proc = login(cluster, home, carol, password="not the password", check=False)
     assert proc.returncode == 6, proc.stderr
     assert "invalid username, password or second factor" in proc.stderr
     assert not (home / "current-profile").exists()
@@ -233,22 +245,12 @@ def test_wrong_password_is_refused(cluster: Cluster, carol: str, home: Path) -> 
 def test_global_flags_after_the_subcommand_and_ttl(
     cluster: Cluster, carol: str, home: Path
 ) -> None:
-    proc = tsh(
-        home,
-        "login",
-        f"--user={carol}",
-        "--ttl=90",
-        f"--proxy={cluster.public_addr}",
-        input=PASSWORD + "\n",
-    )
+    proc = login(cluster, home, carol, "--ttl=90")  # --proxy comes after the subcommand's flags
     assert re.search(r"\[valid for 1h(29|30)m0s\]", proc.stdout), proc.stdout
 
 
 def test_identity_file_mode(cluster: Cluster, home: Path, tmp_path: Path) -> None:
-    ident = tmp_path / "id"
-    if "alice" not in cluster.tctl("users", "ls").stdout:
-        cluster.tctl("users", "add", "alice", "--roles=access", "--db-users=*", "--db-names=*")
-    cluster.tctl("auth", "sign", "--user=alice", f"--out={ident}")
+    ident = sign_alice(cluster, tmp_path / "id")
     out = tsh(home, "-i", str(ident), "status", f"--proxy={cluster.public_addr}").stdout
     assert status_rows(out)["Logged in as"] == "alice"
     assert not home.exists()  # nothing written to the real profile directory
@@ -261,60 +263,48 @@ def test_db_commands_need_a_login(home: Path) -> None:
 
 
 # ---------------------------------------------------------------------- databases
-PG_RESOURCE = {
-    "kind": "db",
-    "version": "v3",
-    "metadata": {"name": "pg", "description": "Example PostgreSQL", "labels": {"env": "dev"}},
-    "spec": {"protocol": "postgres", "uri": "localhost:5432"},
-}
+@pytest.fixture(scope="module")
+def pg_port() -> int:
+    return free_port()
 
 
 @pytest.fixture(scope="module")
-def db_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A second cluster for the database tests (agent joins write to its log)."""
-    with running_cluster(tmp_path_factory.mktemp("db-cluster")) as c:
-        yield c
+def db_cluster(tmp_path_factory: pytest.TempPathFactory, pg_port: int) -> Iterator[Cluster]:
+    """A cluster whose own process also runs the Database Service with database "pg".
 
-
-@pytest.fixture(scope="module")
-def registered_pg(db_cluster: Cluster) -> str:
-    """Database "pg" announced the way a Database Service agent does (join, then db.heartbeat).
-
-    No PostgreSQL behind it: enough for db ls / login / env / config / logout.
+    "pg" points at ``localhost:<pg_port>``, where :func:`postgres` starts a real
+    PostgreSQL for the end-to-end tests (the listing and login tests need none).
     """
-    cluster = db_cluster
-    import asyncio
-
-    from jumpgate.core.auth.client import AuthClient
-    from jumpgate.core.errors import JumpgateError
-
-    out = cluster.tctl("tokens", "add", "--type=db", "--format=text").stdout.strip()
-    token = out.split()[-1]
+    c = make_cluster(tmp_path_factory.mktemp("db-cluster"))
+    doc = c.read_config()
+    doc["db_service"] = {
+        "enabled": True,
+        "databases": [
+            {
+                "name": "pg",
+                "description": "Example PostgreSQL",
+                "protocol": "postgres",
+                "uri": f"localhost:{pg_port}",
+                "static_labels": {"env": "dev"},
+            }
+        ],
+    }
+    c.write_config(doc)
+    c.start()
     try:
-        from jumpgate.core.join import join_cluster
-
-        ident = asyncio.run(
-            join_cluster(
-                cluster.public_addr,
-                token=token,
-                ca_pins=[],
-                host_id="test-db-agent",
-                node_name="test-db-agent",
-                role="Db",
-            )
-        )
-        client = AuthClient(cluster.public_addr, ident)
-        client.call("db.heartbeat", hostname="test-db-agent", databases=[PG_RESOURCE], ttl=3600)
-        client.close()
-    except (ImportError, JumpgateError) as exc:
-        pytest.skip(f"needs agent join and db.heartbeat: {exc}")
-    return "pg"
+        yield c
+    except BaseException:
+        c.kill()
+        raise
+    # generous: with db_service enabled the shutdown currently pauses ~20 s at "closing
+    # the auth API" (not caused by tsh; see the report), the default allows 15 s
+    c.stop(timeout=60)
 
 
-def test_db_ls(db_cluster: Cluster, registered_pg: str, home: Path, tmp_path: Path) -> None:
+def test_db_ls(db_cluster: Cluster, home: Path, tmp_path: Path) -> None:
     saved_profile(db_cluster, home, tmp_path)
     out = tsh(home, "db", "ls").stdout.splitlines()
-    assert re.split(r"\s{1,}", out[0]) == [
+    assert re.split(r"\s+", out[0]) == [
         "Name",
         "Description",
         "Allowed",
@@ -322,7 +312,7 @@ def test_db_ls(db_cluster: Cluster, registered_pg: str, home: Path, tmp_path: Pa
         "Labels",
         "Connect",
     ]
-    assert re.fullmatch(r"pg\s+Example PostgreSQL\s+\[\*\]\s+env=dev", out[2]), out
+    assert re.fullmatch(r"pg\s+Example PostgreSQL\s+\[\*\]\s+\S*env=dev\S*", out[2]), out
     assert tsh(home, "db", "ls", "env=prod").stdout.count("\n") == 2  # header only
     docs = json.loads(tsh(home, "db", "ls", "--format=json").stdout)
     assert [d["name"] for d in docs] == ["pg"] and docs[0]["protocol"] == "postgres"
@@ -332,9 +322,7 @@ def test_db_ls(db_cluster: Cluster, registered_pg: str, home: Path, tmp_path: Pa
     assert active.endswith("tsh db connect pg")
 
 
-def test_db_login_env_config_logout(
-    db_cluster: Cluster, registered_pg: str, home: Path, tmp_path: Path
-) -> None:
+def test_db_login_env_config_logout(db_cluster: Cluster, home: Path, tmp_path: Path) -> None:
     saved_profile(db_cluster, home, tmp_path)
     missing = tsh(home, "db", "login", "--db-user=alice", "--db-name=x", "nope", check=False)
     assert missing.returncode == 3 and 'database "nope" not found' in missing.stderr
@@ -362,3 +350,200 @@ def test_db_login_env_config_logout(
     assert tsh(home, "db", "logout", "pg").stdout == 'Logged out of database "pg".\n'
     assert not cert.exists()
     assert f"[{CLUSTER_NAME}-pg]" not in (tmp_path / "pg_service.conf").read_text()
+
+
+# ---------------------------------------------------------------------- end to end (PostgreSQL)
+def _pg_bin(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name) or next(
+        (str(p) for p in Path("/usr/lib/postgresql").glob(f"*/bin/{name}")), None
+    )
+
+
+@pytest.fixture(scope="module")
+def postgres(db_cluster: Cluster, pg_port: int) -> Iterator[Path]:
+    """A real PostgreSQL on ``pg_port`` trusting the cluster's db_client CA (``hostssl … cert``)."""
+    import shutil
+    import tempfile
+
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl or not shutil.which("psql"):
+        pytest.skip("needs the PostgreSQL server and psql binaries")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="jg-pg-"))
+    root.chmod(0o755)
+    db_cluster.tctl(
+        "auth", "sign", "--format=db", "--host=localhost,127.0.0.1", f"--out={root}/server"
+    )
+    data, sock = root / "data", root / "sock"
+    data.mkdir(mode=0o700)
+    sock.mkdir()
+    if as_user:
+        shutil.chown(root, "postgres")
+        for p in [data, sock, *root.glob("server.*")]:
+            shutil.chown(p, "postgres")
+
+    def pg(*argv: str) -> None:
+        subprocess.run([*as_user, *argv], check=True, capture_output=True, timeout=60)
+
+    pg(initdb, "-D", str(data), "-U", "postgres", "--auth=trust")
+    with (data / "postgresql.conf").open("a") as fh:
+        fh.write(
+            f"port = {pg_port}\nlisten_addresses = '127.0.0.1'\n"
+            f"unix_socket_directories = '{sock}'\nssl = on\n"
+            f"ssl_cert_file = '{root}/server.crt'\nssl_key_file = '{root}/server.key'\n"
+            f"ssl_ca_file = '{root}/server.cas'\n"
+        )
+    (data / "pg_hba.conf").write_text("local all all trust\nhostssl all all 127.0.0.1/32 cert\n")
+    pg(pg_ctl, "-D", str(data), "-l", str(data / "log"), "-w", "start")
+    try:
+        for sql in ("create role alice login", "create database example owner alice"):
+            pg("psql", "-h", str(sock), "-p", str(pg_port), "-U", "postgres", "-c", sql)
+        yield root
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_db_connect_runs_psql_through_a_local_proxy(
+    db_cluster: Cluster, postgres: Path, home: Path, tmp_path: Path
+) -> None:
+    saved_profile(db_cluster, home, tmp_path)
+    proc = tsh(
+        home,
+        "db",
+        "connect",
+        "--db-user=alice",
+        "--db-name=example",
+        "pg",
+        input="select current_user || '@' || current_database() as who;\n",
+        timeout=60,
+    )
+    assert "alice@example" in proc.stdout, proc.stderr
+    # psql's exit code comes back: a database the role may not use fails at start-up
+    denied = tsh(home, "db", "connect", "--db-name=nope", "pg", input="", check=False)
+    assert denied.returncode == 2, denied.stderr
+
+
+def _start_proxy(home: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [TSH, "proxy", "db", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=tsh_env(home),
+    )
+    assert proc.stdout is not None
+    lines = []
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail(f"tsh proxy db exited early: {proc.wait()} {proc.stderr.read()}")  # type: ignore[union-attr]
+        lines.append(line)
+        if line.startswith("  $ psql") or line.startswith("Your database user is"):
+            return proc, "".join(lines)
+
+
+def _stop_proxy(proc: subprocess.Popen[str]) -> None:
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=15) == 0
+    assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+
+
+def test_proxy_db_tunnel_mode(
+    db_cluster: Cluster, postgres: Path, home: Path, tmp_path: Path
+) -> None:
+    saved_profile(db_cluster, home, tmp_path)
+    port = free_port()
+    proc, out = _start_proxy(
+        home, "--tunnel", "--db-user=alice", "--db-name=example", f"--port={port}", "pg"
+    )
+    try:
+        assert out.startswith(
+            f'Started authenticated tunnel for the PostgreSQL database "pg" in cluster '
+            f'"{CLUSTER_NAME}" on 127.0.0.1:{port}.\n'
+        )
+        assert "port randomization" not in out
+        assert f"  $ psql postgres://alice@localhost:{port}/example\n" in out
+        (status,) = (home / "proxies").glob(f"*-{port}.json")
+        assert json.loads(status.read_text())["mode"] == "tunnel"
+        psql = subprocess.run(
+            [
+                "psql",
+                f"postgres://alice@127.0.0.1:{port}/example?sslmode=disable",
+                "-Atc",
+                "select 42",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert psql.stdout.strip() == "42", psql.stderr
+    finally:
+        _stop_proxy(proc)
+    assert not status.exists()
+
+
+def test_proxy_db_tls_mode(db_cluster: Cluster, postgres: Path, home: Path, tmp_path: Path) -> None:
+    store = saved_profile(db_cluster, home, tmp_path)
+    prof = store.require_current()
+    proc, out = _start_proxy(home, "--db-user=alice", "--db-name=example", "pg")
+    try:
+        m = re.match(r"Started DB proxy on 127\.0\.0\.1:(\d+)\n", out)
+        assert m, out
+        assert "To avoid port randomization" in out
+        assert f"  ca_file={prof.ca_path}\n" in out
+        assert f"  cert_file={prof.db_cert_path('pg')}\n" in out
+        assert f"  key_file={prof.key_path}\n" in out
+        assert 'Your database user is "alice". The target database name is "example".' in out
+        conninfo = (
+            f"host=localhost hostaddr=127.0.0.1 port={m.group(1)} user=alice dbname=example "
+            f"sslmode=verify-full sslrootcert={prof.ca_path} "
+            f"sslcert={prof.db_cert_path('pg')} sslkey={prof.key_path}"
+        )
+        psql = subprocess.run(
+            ["psql", conninfo, "-Atc", "select 7"], capture_output=True, text=True, timeout=60
+        )
+        assert psql.stdout.strip() == "7", psql.stderr
+    finally:
+        _stop_proxy(proc)
+
+
+def test_ctrl_c_cancels_the_query_not_tsh(
+    db_cluster: Cluster, postgres: Path, home: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C reaches the whole foreground process group: psql cancels, tsh keeps its proxy."""
+    import signal
+    import time
+
+    saved_profile(db_cluster, home, tmp_path)
+    script = tmp_path / "script.sql"
+    script.write_text("select pg_sleep(30);\n")
+    stdin = script.open()
+    proc = subprocess.Popen(
+        [TSH, "db", "connect", "--db-user=alice", "--db-name=example", "pg"],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=tsh_env(home),
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+    stdin.close()
+    time.sleep(3)  # logged in, proxy up, query running
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=25)
+    assert time.monotonic() - start < 20
+    # the CancelRequest went through the local proxy and the proxy to PostgreSQL
+    assert "Cancel request sent" in err and "canceling statement due to user request" in err, err
+    # psql stops a script on Ctrl-C with its EXIT_USER (3); tsh survived and passed it on
+    assert proc.returncode == 3, (out, err)
