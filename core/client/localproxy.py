@@ -16,8 +16,9 @@ Two modes (docs/design/db-access.md):
   thread, it may renew) so renewed certificates apply without dropping live
   connections.
 
-The relay is a small pair of asyncio Protocols with flow control (the reading
-side pauses while the other side's write buffer is full). A status file
+Bytes are copied by :class:`jumpgate.core.relay.Relay` (asyncio Protocols with
+flow control); a :class:`~jumpgate.core.relay.Handshake` holds what the client
+sends while the upstream connection opens. A status file
 (``status_dir/<pid>-<port>.json``) is rewritten atomically about once a second
 while the proxy runs and removed on close.
 """
@@ -31,7 +32,6 @@ import logging
 import os
 import ssl
 import struct
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,7 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from jumpgate.core.aio import cancel_and_wait, spawn
+from jumpgate.core.db.engines.postgres.protocol import error_response
+from jumpgate.core.errors import BadParameter, ConnectionProblem
 from jumpgate.core.fsutil import atomic_write
+from jumpgate.core.relay import Handshake, Relay
+from jumpgate.core.tlsutil import load_cert_chain_from_memory
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +53,13 @@ CertProvider = Callable[[], tuple[bytes, bytes]]
 
 #: PostgreSQL CancelRequest code (first message of a cancel connection).
 _CANCEL_REQUEST_CODE = 80877102
-#: Bytes buffered from the client while the upstream connection opens.
-_PENDING_LIMIT = 256 * 1024
 #: How long to wait for the client's first bytes before answering a failure anyway.
 _FAIL_WAIT = 2.0
 
 
-def pg_error_response(message: str, *, code: str = "08006", severity: str = "FATAL") -> bytes:
-    """A PostgreSQL ``ErrorResponse`` message: ``E``, int32 length, fields, terminator."""
-    fields = b""
-    for tag, value in ((b"S", severity), (b"V", severity), (b"C", code), (b"M", message)):
-        fields += tag + value.encode("utf-8", "replace").replace(b"\0", b"") + b"\0"
-    fields += b"\0"
-    return b"E" + struct.pack("!I", len(fields) + 4) + fields
+def pg_error_response(message: str, *, code: str = "08006") -> bytes:
+    """A FATAL PostgreSQL ``ErrorResponse`` (SQLSTATE 08006, connection failure by default)."""
+    return error_response(message, code=code)
 
 
 def _is_cancel_request(data: bytes) -> bool:
@@ -86,138 +84,6 @@ class LocalProxyStats:
     bytes_out: int = 0
     errors: int = 0
     last_error: str = ""
-
-
-class _Side(asyncio.Protocol):
-    """One end of a relayed connection."""
-
-    def __init__(self, conn: _Conn, upstream: bool) -> None:
-        self.conn = conn
-        self.upstream = upstream
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        if not self.upstream:
-            self.conn.downstream_made()
-
-    def data_received(self, data: bytes) -> None:
-        self.conn.data(self, data)
-
-    def eof_received(self) -> bool:
-        self.conn.finish(self)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.conn.finish(self)
-
-    def pause_writing(self) -> None:
-        other = self.conn.other(self)
-        if other is not None and other.transport is not None:
-            other.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        other = self.conn.other(self)
-        if other is not None and other.transport is not None and not other.closed:
-            other.transport.resume_reading()
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-
-class _Conn:
-    """A client connection and, once open, its upstream connection to the proxy."""
-
-    def __init__(self, proxy: LocalProxy) -> None:
-        self.proxy = proxy
-        self.down = _Side(self, upstream=False)
-        self.up: _Side | None = None
-        self.pending = bytearray()
-        self.got_data = False
-        self.failure: str | None = None
-        self.paused = False
-        self.done = False
-        self.task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def other(self, side: _Side) -> _Side | None:
-        return self.up if side is self.down else self.down
-
-    def downstream_made(self) -> None:
-        self.proxy._conn_opened(self)
-        self.task = spawn(self.proxy._open_upstream(self), name="localproxy-upstream")
-
-    def attach(self, up: _Side) -> None:
-        """The upstream is open: flush what the client already sent, start relaying."""
-        self.up = up
-        if self.done or self.down.closed:
-            up.close()
-            return
-        assert up.transport is not None
-        if self.pending:
-            self.proxy.stats.bytes_out += len(self.pending)
-            up.transport.write(bytes(self.pending))
-            self.pending.clear()
-        if self.paused and self.down.transport is not None:
-            self.paused = False
-            self.down.transport.resume_reading()
-
-    def fail(self, message: str) -> None:
-        """Opening the upstream failed: tell the client in PostgreSQL's language, then close."""
-        self.failure = message
-        self.proxy._record_error(message)
-        if self.got_data:
-            self._send_failure()
-        else:
-            self._timer = asyncio.get_running_loop().call_later(_FAIL_WAIT, self._send_failure)
-
-    def _send_failure(self) -> None:
-        t = self.down.transport
-        if t is None or t.is_closing() or self.failure is None:
-            return
-        if not _is_cancel_request(bytes(self.pending[:8])):
-            t.write(pg_error_response(self.failure))
-        self.failure = None
-        t.close()
-
-    def data(self, side: _Side, data: bytes) -> None:
-        if side is self.down:
-            self.got_data = True
-            up = self.up
-            if up is not None and up.transport is not None and not up.closed:
-                self.proxy.stats.bytes_out += len(data)
-                up.transport.write(data)
-                return
-            self.pending += data
-            if self.failure is not None:
-                if self._timer is not None:
-                    self._timer.cancel()
-                self._send_failure()
-            elif len(self.pending) > _PENDING_LIMIT and self.down.transport is not None:
-                self.paused = True
-                self.down.transport.pause_reading()
-        else:
-            self.proxy.stats.bytes_in += len(data)
-            if self.down.transport is not None and not self.down.closed:
-                self.down.transport.write(data)
-
-    def finish(self, side: _Side) -> None:
-        """One side ended: close the other (after flushing what it still has to write)."""
-        other = self.other(side)
-        side.close()
-        if other is not None:
-            other.close()
-        elif side is self.down and self.task is not None and not self.task.done():
-            self.task.cancel()
-        if not self.done and self.down.closed and (self.up is None or self.up.closed):
-            self.done = True
-            if self._timer is not None:
-                self._timer.cancel()
-            self.proxy._conn_closed(self)
 
 
 class LocalProxy:
@@ -256,15 +122,26 @@ class LocalProxy:
         self.insecure = insecure
         self.connect_timeout = connect_timeout
         self.expired_hint = expired_hint
-        self.stats = LocalProxyStats()
+        self._stats = LocalProxyStats()
+        #: bytes of connections already closed (live ones are read from their relays)
+        self._done_in = self._done_out = 0
         self.started: datetime | None = None
         self.address: tuple[str, int] | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._conns: set[_Conn] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._relays: set[Relay] = set()
         self._status_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._base_ctx: ssl.SSLContext | None = None
         self._cert_ctx: tuple[bytes, bytes, ssl.SSLContext] | None = None
+
+    @property
+    def stats(self) -> LocalProxyStats:
+        """Counters, with the bytes of live connections up to date."""
+        st = self._stats
+        st.bytes_in = self._done_in + sum(r.bytes_b_to_a for r in self._relays)
+        st.bytes_out = self._done_out + sum(r.bytes_a_to_b for r in self._relays)
+        return st
 
     @property
     def mode(self) -> str:
@@ -283,9 +160,7 @@ class LocalProxy:
         """Bind the listener; returns (host, port)."""
         loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
-        self._server = await loop.create_server(
-            lambda: _Conn(self).down, self.listen_host, self.listen_port
-        )
+        self._server = await loop.create_server(self._accept, self.listen_host, self.listen_port)
         sock = self._server.sockets[0].getsockname()
         self.address = (str(sock[0]), int(sock[1]))
         self.started = datetime.now(UTC)
@@ -304,12 +179,10 @@ class LocalProxy:
         if self._server is not None:
             self._server.close()
             self._server = None
-        for conn in list(self._conns):
-            conn.down.close()
-            if conn.up is not None:
-                conn.up.close()
-            if conn.task is not None:
-                await cancel_and_wait(conn.task)
+        for relay in list(self._relays):
+            relay.close()
+        for task in list(self._tasks):
+            await cancel_and_wait(task)
         await cancel_and_wait(self._status_task)
         self._status_task = None
         path = self.status_path
@@ -349,19 +222,9 @@ class LocalProxy:
             self._write_status()
 
     def _record_error(self, message: str) -> None:
-        self.stats.errors += 1
-        self.stats.last_error = message
+        self._stats.errors += 1
+        self._stats.last_error = message
         log.warning("local proxy: %s", message)
-
-    def _conn_opened(self, conn: _Conn) -> None:
-        self._conns.add(conn)
-        self.stats.connections_total += 1
-        self.stats.connections_live += 1
-
-    def _conn_closed(self, conn: _Conn) -> None:
-        if conn in self._conns:
-            self._conns.discard(conn)
-            self.stats.connections_live -= 1
 
     # ------------------------------------------------------------------ upstream
     def _base_context(self) -> ssl.SSLContext:
@@ -394,16 +257,10 @@ class LocalProxy:
             return cached[2]
         self._check_expiry(cert_pem)
         ctx = self._base_context()
-        fd, path = tempfile.mkstemp(prefix="jg-lp-", suffix=".pem")
         try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(key_pem + cert_pem)
-            ctx.load_cert_chain(path)
-        except ssl.SSLError as exc:
+            load_cert_chain_from_memory(ctx, cert_pem, key_pem)
+        except BadParameter as exc:
             raise _Refused(f"the database certificate or key is unusable: {exc}") from None
-        finally:
-            Path(path).unlink()
         self._cert_ctx = (cert_pem, key_pem, ctx)
         return ctx
 
@@ -421,14 +278,51 @@ class LocalProxy:
                 f"{self.expired_hint}"
             )
 
-    async def _open_upstream(self, conn: _Conn) -> None:
+    # ------------------------------------------------------------------ connections
+    def _accept(self) -> Handshake:
+        """Protocol factory: hold the client's bytes while the upstream opens."""
+        hs = Handshake()
+        task = spawn(self._serve(hs), name="localproxy-conn")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return hs
+
+    async def _serve(self, hs: Handshake) -> None:
+        st = self._stats
+        st.connections_total += 1
+        st.connections_live += 1
+        relay: Relay | None = None
+        try:
+            while hs.transport is None and not hs.lost:  # connection_made is scheduled
+                await asyncio.sleep(0)
+            try:
+                relay = await self._open_upstream()
+            except _Refused as exc:
+                await self._fail(hs, str(exc))
+                return
+            relay.a.attach_handshake(hs)
+            self._relays.add(relay)
+            await relay.wait()
+        finally:
+            if relay is not None:
+                self._relays.discard(relay)
+                self._done_in += relay.bytes_b_to_a
+                self._done_out += relay.bytes_a_to_b
+                relay.close()
+            elif hs.transport is not None and not hs.transport.is_closing():
+                hs.transport.close()
+            st.connections_live -= 1
+
+    async def _open_upstream(self) -> Relay:
+        """TLS to the proxy (ALPN, SNI, tunnel certificate); the relay's ``b`` side."""
         loop = asyncio.get_running_loop()
         where = f"{self.proxy_host}:{self.proxy_port}"
+        ctx = await self._context()
+        relay = Relay()
         try:
-            ctx = await self._context()
-            _, up = await asyncio.wait_for(
+            await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Side(conn, upstream=True),
+                    lambda: relay.b,
                     self.proxy_host,
                     self.proxy_port,
                     ssl=ctx,
@@ -437,26 +331,39 @@ class LocalProxy:
                 ),
                 timeout=self.connect_timeout,
             )
-        except _Refused as exc:
-            conn.fail(str(exc))
-            return
         except ssl.SSLCertVerificationError as exc:
-            conn.fail(
+            raise _Refused(
                 f"the Jumpgate proxy at {where} is not trusted: {exc.verify_message}; "
                 "log in again with tsh login"
-            )
-            return
+            ) from None
         except ssl.SSLError as exc:
-            conn.fail(f"the Jumpgate proxy at {where} refused the connection: {exc.reason or exc}")
-            return
+            raise _Refused(
+                f"the Jumpgate proxy at {where} refused the connection: {exc.reason or exc}"
+            ) from None
         except TimeoutError:
-            conn.fail(f"cannot reach the Jumpgate proxy at {where}: timed out")
-            return
+            raise _Refused(f"cannot reach the Jumpgate proxy at {where}: timed out") from None
         except OSError as exc:
-            conn.fail(f"cannot reach the Jumpgate proxy at {where}: {exc.strerror or exc}")
+            raise _Refused(
+                f"cannot reach the Jumpgate proxy at {where}: {exc.strerror or exc}"
+            ) from None
+        return relay
+
+    async def _fail(self, hs: Handshake, message: str) -> None:
+        """Tell the client why, in PostgreSQL's language, once it has spoken; then close.
+
+        Waiting for its first message (up to ``_FAIL_WAIT``) keeps the error from
+        racing the client's own write; a CancelRequest is just closed, as PostgreSQL does.
+        """
+        self._record_error(message)
+        first = b""
+        with contextlib.suppress(TimeoutError, ConnectionProblem):
+            first = await asyncio.wait_for(hs.read_some(), _FAIL_WAIT)
+        t = hs.transport
+        if t is None or t.is_closing():
             return
-        assert isinstance(up, _Side)
-        conn.attach(up)
+        if not _is_cancel_request(first):
+            t.write(pg_error_response(message))
+        t.close()
 
 
 class ThreadedLocalProxy:
