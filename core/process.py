@@ -26,7 +26,7 @@ from jumpgate.core.auth.identityfile import IdentityFile
 from jumpgate.core.auth.server import AuthServer
 from jumpgate.core.backend.sqlite import SQLiteBackend
 from jumpgate.core.config import TeleportConfig, load_config, parse_hostport
-from jumpgate.core.errors import ConfigError
+from jumpgate.core.errors import ConfigError, ConnectionProblem
 from jumpgate.core.fsutil import atomic_write, ensure_private_dir
 from jumpgate.core.proxy.service import ProxyService, proxy_dns_names
 from jumpgate.core.tlsca import CAType, generate_private_key, private_key_to_pem, public_key_to_pem
@@ -203,15 +203,26 @@ class TeleportProcess:
                     hint="teleport db configure create --proxy=HOST:PORT writes it",
                 )
             _, proxy_addr = upstream
-            ident = await load_or_join(
-                identity_path(self.data_dir, "Db"),
-                proxy_addr,
-                token=cfg.join_token() or "",
-                ca_pins=list(cfg.teleport.ca_pin),
-                host_id=host_id,
-                node_name=cfg.teleport.nodename,
-                role="Db",
-            )
+            delay = 1.0
+            while True:
+                try:
+                    ident = await load_or_join(
+                        identity_path(self.data_dir, "Db"),
+                        proxy_addr,
+                        token=cfg.join_token() or "",
+                        ca_pins=list(cfg.teleport.ca_pin),
+                        host_id=host_id,
+                        node_name=cfg.teleport.nodename,
+                        role="Db",
+                    )
+                    break
+                except ConnectionProblem as exc:  # the cluster is not up yet: keep trying
+                    log.warning("db: cannot join yet (%s); retrying in %.0fs", exc.message, delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), delay)
+                    if self._stop.is_set():
+                        raise
+                    delay = min(delay * 2, 30.0)
             auth_addr = proxy_addr
         proxy_host = parse_hostport(proxy_addr, 3080)[0]
         service = DatabaseService(

@@ -44,7 +44,7 @@ def db_resource(cfg: DatabaseConfig) -> dict[str, Any]:
         "metadata": {
             "name": cfg.name,
             "description": cfg.description,
-            "labels": {**cfg.static_labels, "teleport.dev/origin": "config-file"},
+            "labels": dict(cfg.static_labels),
         },
         "spec": {"protocol": cfg.protocol, "uri": cfg.uri, "tls": tls},
     }
@@ -102,11 +102,19 @@ class DatabaseService:
         self._stopping = False
         #: set when the proxy runs in this process: sessions come over socketpairs
         self.local_registry: Any = None
+        #: the cluster's db CA (learned with the first session; verifies cancel targets)
+        self.db_ca_pem: bytes = b""
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Announce the databases once (so they are visible at once), then keep serving."""
-        await self._heartbeat_once()
+        """Announce the databases (at once when the cluster is up), then keep serving.
+
+        An unreachable cluster is not fatal: heartbeats and tunnels retry by themselves.
+        """
+        try:
+            await self._heartbeat_once()
+        except JumpgateError as exc:
+            log.warning("db: cannot reach the cluster yet (%s); will keep trying", exc)
         names = ", ".join(self.databases)
         log.info("db: serving %s (host id %s)", names, self.host_id)
         self._tasks.append(spawn(self._heartbeat_loop(), name="db-heartbeat"))
@@ -150,7 +158,7 @@ class DatabaseService:
         )
 
     async def _heartbeat_loop(self) -> None:
-        delay = HEARTBEAT_INTERVAL
+        delay = 1.0
         while True:
             await asyncio.sleep(delay * random.uniform(0.8, 1.0))
             try:

@@ -27,6 +27,7 @@ _REPO = str(Path(__file__).resolve().parents[2])
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 from tests.conftest import free_port  # noqa: E402
+from tests.pg_fixture import pg_certs, postgres  # noqa: E402, F401 - shared PostgreSQL fixtures
 
 #: The console scripts of the environment running the tests (the project's venv).
 BIN = Path(sys.executable).parent

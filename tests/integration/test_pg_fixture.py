@@ -52,8 +52,6 @@ from tests import pg_fixture  # noqa: E402
 from tests.pg_fixture import DbCerts, PgServer  # noqa: E402
 
 # The fixtures, until a conftest imports them (then delete these two lines).
-pg_certs = pg_fixture.pg_certs
-postgres = pg_fixture.postgres
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 

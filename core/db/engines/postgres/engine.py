@@ -122,7 +122,9 @@ class PostgresEngine:
         if header.get("type") == "cancel":
             transport.close()
             if db is not None:
-                await self._cancel(db, int(header.get("pid", 0)), int(header.get("secret", 0)))
+                await self._cancel(
+                    service, db, int(header.get("pid", 0)), int(header.get("secret", 0))
+                )
             return
         try:
             await self._session(service, db, transport, hs, header)
@@ -144,14 +146,29 @@ class PostgresEngine:
         if hs.transport is not None:
             hs.transport.close()
 
-    async def _cancel(self, db: DatabaseConfig, pid: int, secret: int) -> None:
+    async def _cancel(
+        self, service: DatabaseService, db: DatabaseConfig, pid: int, secret: int
+    ) -> None:
         host, port = split_hostport(db.uri, 5432)
+        # verify the server as for sessions, so the cancel secret only goes to the real database
+        ca_pem = (
+            Path(db.tls.ca_cert_file).read_bytes() if db.tls.ca_cert_file else service.db_ca_pem
+        )
         ctx = client_tls_context(
-            mode="insecure", ca_pem=None, trust_system=False, cert_pem=None, key_pem=None
+            mode=db.tls.mode,
+            ca_pem=ca_pem or None,
+            trust_system=bool(db.tls.trust_system_cert_pool),
+            cert_pem=None,
+            key_pem=None,
         )
         try:
             await send_cancel(
-                host, port, ssl_context=ctx, server_hostname=None, pid=pid, secret=secret
+                host,
+                port,
+                ssl_context=ctx,
+                server_hostname=db.tls.server_name or host,
+                pid=pid,
+                secret=secret,
             )
         except (JumpgateError, OSError) as exc:
             log.warning("postgres: cancel request to %s failed: %s", db.uri, exc)
@@ -212,6 +229,7 @@ class PostgresEngine:
         user = str(decision.get("user", ""))
         base["user"] = user
         ca_pem: bytes | None = decision["db_ca"].encode()
+        service.db_ca_pem = ca_pem
         if db.tls.ca_cert_file:
             try:
                 ca_pem = Path(db.tls.ca_cert_file).read_bytes()

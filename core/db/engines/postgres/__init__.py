@@ -1,0 +1,1 @@
+"""The PostgreSQL engine: wire protocol, upstream connection, session handling."""
