@@ -227,6 +227,7 @@ class TeleportProcess:
         proxy_host = parse_hostport(proxy_addr, 3080)[0]
         service = DatabaseService(
             databases=list(cfg.db_service.databases),
+            resource_selectors=[dict(m.labels) for m in cfg.db_service.resources],
             host_id=host_id,
             hostname=cfg.teleport.nodename,
             identity=ident,
@@ -273,7 +274,7 @@ class TeleportProcess:
         import jumpgate.core.auth.methods  # registers the API methods
         import jumpgate.core.auth.methods_db  # noqa: F401
 
-        runner = web.AppRunner(api.app, handle_signals=False, access_log=None)
+        runner = web.AppRunner(api.app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, host or None, port, ssl_context=ctx, reuse_address=True)
         try:
@@ -364,6 +365,8 @@ class TeleportProcess:
             await s.proxy.close()
         if s.auth_runner is not None:
             log.info("shutdown: closing the auth API")
+            if s.auth is not None:
+                s.auth.wake_long_polls()
             await s.auth_runner.cleanup()  # type: ignore[attr-defined]
         if s.auth is not None:
             log.info("shutdown: flushing the audit log")

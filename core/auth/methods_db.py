@@ -61,6 +61,15 @@ async def db_session_start(ctx: ApiContext, params: dict[str, Any]) -> dict[str,
     )
 
 
+@rpc("db.resources")
+async def db_resources(ctx: ApiContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Dynamic ``db`` resources (``tctl create``) for Database Service agents to match."""
+    _require_system(ctx, "Db")
+    from jumpgate.core.resources import Database, resource_to_dict
+
+    return [resource_to_dict(d) for d in await ctx.auth.store.list_as(Database)]
+
+
 @rpc("audit.emit")
 async def audit_emit(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
     """Agents and proxies record session events."""

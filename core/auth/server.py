@@ -42,9 +42,9 @@ from jumpgate.core.tlsca import (
     Identity,
     RouteToApp,
     RouteToDatabase,
-    cert_to_pem,
     load_public_key,
 )
+from jumpgate.core.tlsca.ca import certificate_pem
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,16 @@ class AuthServer:
                 await asyncio.wait_for(event.wait(), timeout)
         return self.lock_generation
 
+    def wake_long_polls(self) -> None:
+        """Let every waiting ``locks.watch`` call return now (shutdown)."""
+        self.lock_generation += 1
+        if self._lock_changed is not None:
+            self._lock_changed.set()
+            self._lock_changed = None
+
     async def close(self) -> None:
-        """Flush the audit log and stop background work."""
+        """Flush the audit log and stop background work (long-polls return at once)."""
+        self.wake_long_polls()
         await self.audit.close()
         await self.store.close()
 
@@ -260,8 +268,9 @@ class AuthServer:
 
     # ------------------------------------------------------------------ CAs
     def ca_pem(self, ca_type: CAType) -> bytes:
-        """PEM of every trusted certificate of one CA."""
-        return b"".join(cert_to_pem(c) for c in self.cas[ca_type].trusted_certs)
+        """PEM of every trusted certificate of one CA (cached by the CA object, so a
+        CA replaced in ``self.cas`` is picked up at once)."""
+        return self.cas[ca_type].trusted_pem
 
     def ca_pin(self) -> str:
         """``sha256:…`` pin of the host CA, as ``tctl status`` prints it."""
@@ -269,7 +278,7 @@ class AuthServer:
 
     def _issued(self, cert: x509.Certificate, identity: Identity) -> IssuedCert:
         return IssuedCert(
-            cert_pem=cert_to_pem(cert),
+            cert_pem=certificate_pem(cert),
             identity=identity,
             host_ca_pem=self.ca_pem(CAType.HOST),
             user_ca_pem=self.ca_pem(CAType.USER),

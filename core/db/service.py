@@ -29,6 +29,8 @@ HEARTBEAT_INTERVAL = 20.0
 HEARTBEAT_TTL = 60.0
 #: Idle reverse-tunnel connections kept at the proxy.
 TUNNEL_POOL = 3
+#: How often an agent with ``db_service.resources`` looks for new ``db`` resources.
+DYNAMIC_REFRESH = 3.0
 
 
 def db_resource(cfg: DatabaseConfig) -> dict[str, Any]:
@@ -78,6 +80,7 @@ class DatabaseService:
         self,
         *,
         databases: list[DatabaseConfig],
+        resource_selectors: list[dict[str, list[str]]] | None = None,
         host_id: str,
         hostname: str,
         identity: IdentityFile,
@@ -85,12 +88,18 @@ class DatabaseService:
         proxy_addr: str,
         proxy_sni: str,
     ) -> None:
-        if not databases:
+        self.selectors = [s for s in (resource_selectors or []) if s]
+        if not databases and not self.selectors:
             raise ConfigError(
-                "db_service is enabled but lists no databases",
-                hint="add db_service.databases (teleport db configure create writes one)",
+                "db_service is enabled but lists no databases and no resources to watch",
+                hint="add db_service.databases (teleport db configure create writes one) or "
+                "db_service.resources: [{labels: {'*': '*'}}] for databases created with tctl create",
             )
-        self.databases = {d.name: d for d in databases}
+        self.static = {d.name: d for d in databases}
+        #: what this agent serves now: the static databases plus matching ``db`` resources
+        self.databases: dict[str, DatabaseConfig] = dict(self.static)
+        #: inline CA certificates of dynamic databases (``spec.tls.ca_cert``)
+        self.inline_ca: dict[str, bytes] = {}
         self.host_id = host_id
         self.hostname = hostname
         self.identity = identity
@@ -115,10 +124,12 @@ class DatabaseService:
             await self._heartbeat_once()
         except JumpgateError as exc:
             log.warning("db: cannot reach the cluster yet (%s); will keep trying", exc)
-        names = ", ".join(self.databases)
+        names = ", ".join(self.databases) or "(databases matching db_service.resources)"
         log.info("db: serving %s (host id %s)", names, self.host_id)
         self._tasks.append(spawn(self._heartbeat_loop(), name="db-heartbeat"))
         self._tasks.append(spawn(self._lock_loop(), name="db-locks"))
+        if self.selectors:
+            self._tasks.append(spawn(self._dynamic_loop(), name="db-dynamic"))
         if self.local_registry is not None:
             self.local_registry.add_local(self.host_id, self._local_session)
         else:
@@ -148,7 +159,64 @@ class DatabaseService:
         await self.auth.close()
 
     # ------------------------------------------------------------------ heartbeats
+    async def _dynamic_loop(self) -> None:
+        while True:
+            await asyncio.sleep(DYNAMIC_REFRESH)
+            try:
+                if await self.refresh_dynamic():
+                    await self._heartbeat_once()
+            except JumpgateError as exc:
+                log.debug("db: refreshing dynamic databases failed: %s", exc)
+
+    async def refresh_dynamic(self) -> bool:
+        """Serve the ``db`` resources whose labels match ``db_service.resources``.
+
+        Returns whether the set of databases changed.
+        """
+        if not self.selectors:
+            return False
+        from jumpgate.core.rbac.matching import match_labels
+
+        found: dict[str, DatabaseConfig] = {}
+        inline: dict[str, bytes] = {}
+        for res in await self.auth.call("db.resources"):
+            labels = res["metadata"].get("labels", {})
+            name = res["metadata"]["name"]
+            if name in self.static or not any(match_labels(s, labels)[0] for s in self.selectors):
+                continue
+            spec = res.get("spec", {})
+            tls = spec.get("tls") or {}
+            try:
+                found[name] = DatabaseConfig.model_validate(
+                    {
+                        "name": name,
+                        "description": res["metadata"].get("description", ""),
+                        "protocol": spec.get("protocol", ""),
+                        "uri": spec.get("uri", ""),
+                        "static_labels": labels,
+                        "tls": {
+                            "mode": tls.get("mode") or "verify-full",
+                            "server_name": tls.get("server_name") or None,
+                            "trust_system_cert_pool": bool(tls.get("trust_system_cert_pool")),
+                        },
+                    }
+                )
+            except ValueError as exc:
+                log.warning("db: ignoring db resource %s: %s", name, exc)
+                continue
+            if tls.get("ca_cert"):
+                inline[name] = str(tls["ca_cert"]).encode()
+        added = set(found) - set(self.databases)
+        removed = {n for n in self.databases if n not in self.static and n not in found}
+        changed = bool(added or removed) or any(found[n] != self.databases.get(n) for n in found)
+        if added or removed:
+            log.info("db: dynamic databases now %s", ", ".join(sorted(found)) or "none")
+        self.databases = {**self.static, **found}
+        self.inline_ca = inline
+        return changed
+
     async def _heartbeat_once(self) -> None:
+        await self.refresh_dynamic()
         await self.auth.call(
             "db.heartbeat",
             host_id=self.host_id,

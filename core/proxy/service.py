@@ -47,6 +47,8 @@ class ProxyService:
         client_ca_pem: bytes,
         auth_addr: tuple[str, int] | None,
         mint: Callable[[str], tuple[Path, Path]] | None = None,
+        host_ca_pem: bytes = b"",
+        user_ca_pem: bytes = b"",
     ) -> None:
         self.info = info
         self.listen_host = listen_host
@@ -68,6 +70,13 @@ class ProxyService:
         self._contexts: dict[tuple[str, str], ssl.SSLContext] = {}
         #: protocols whose TLS handshake must carry a client certificate
         self.require_client_cert: set[str] = set()
+        self.host_ca_pem = host_ca_pem
+        self.user_ca_pem = user_ca_pem
+        self._inner_ctx: ssl.SSLContext | None = None
+        from jumpgate.core.db.tunnel import TunnelRegistry
+
+        #: agents connected to this proxy (reverse tunnels and in-process agents)
+        self.tunnels = TunnelRegistry()
         self._runner: web.AppRunner | None = None
         self.addresses: list[tuple[str, int]] = []
 
@@ -109,13 +118,16 @@ class ProxyService:
 
     async def start(self) -> list[tuple[str, int]]:
         """Start listening; returns the bound addresses."""
-        self._runner = web.AppRunner(self.web.app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(
+            self.web.app, handle_signals=False, access_log=None, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         server = self._runner.server
         assert server is not None
         self.router.add_tls_route("http/1.1", server)
         if self.auth_addr is not None:
             self.router.add_raw_route(AUTH_ALPN_PREFIX, self._auth_passthrough, prefix=True)
+        self._add_database_routes()
         self.addresses = await self.router.start(self.listen_host, self.listen_port)
         for host, port in self.addresses:
             log.info(
@@ -125,6 +137,44 @@ class ProxyService:
                 ", ".join(self.router.supported()),
             )
         return self.addresses
+
+    def _add_database_routes(self) -> None:
+        from cryptography import x509
+
+        from jumpgate.core.db.proxy import ALPN_POSTGRES, PostgresFrontend
+        from jumpgate.core.db.tunnel import ALPN_REVERSE_TUNNEL, tunnel_protocol_factory
+
+        host_ca_subjects = {
+            c.subject.public_bytes() for c in x509.load_pem_x509_certificates(self.host_ca_pem)
+        }
+        self.router.add_tls_route(
+            ALPN_REVERSE_TUNNEL, tunnel_protocol_factory(self.tunnels, lambda: host_ca_subjects)
+        )
+        self.require_client_cert.add(ALPN_REVERSE_TUNNEL)
+        self.postgres = PostgresFrontend(
+            registry=self.tunnels, locate=self._locate_db, inner_context=self._inner_db_context
+        )
+        self.router.add_tls_route(ALPN_POSTGRES, self.postgres.protocol_factory())
+
+    def _inner_db_context(self) -> ssl.SSLContext:
+        """The TLS server context for a database client's own (inner) handshake."""
+        if self._inner_ctx is None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+            ctx.load_verify_locations(cadata=self.user_ca_pem.decode())
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            self._inner_ctx = ctx
+        return self._inner_ctx
+
+    async def _locate_db(self, name: str) -> list[str]:
+        """Host ids of connected agents serving database ``name``."""
+        from jumpgate.core.auth.hosts import database_servers
+
+        servers = await database_servers(self.info)  # type: ignore[arg-type]
+        hosts = [s.spec.host_id for s in servers if s.spec.database.metadata.name == name]
+        connected = [h for h in hosts if self.tunnels.is_connected(h)]
+        return connected or hosts
 
     async def _auth_passthrough(self, sock: socket.socket, hello: ClientHello) -> None:
         assert self.auth_addr is not None

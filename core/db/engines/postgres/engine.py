@@ -229,8 +229,10 @@ class PostgresEngine:
         user = str(decision.get("user", ""))
         base["user"] = user
         ca_pem: bytes | None = decision["db_ca"].encode()
-        service.db_ca_pem = ca_pem
-        if db.tls.ca_cert_file:
+        service.db_ca_pem = decision["db_ca"].encode()
+        if name in service.inline_ca:
+            ca_pem = service.inline_ca[name]
+        elif db.tls.ca_cert_file:
             try:
                 ca_pem = Path(db.tls.ca_cert_file).read_bytes()
             except OSError as exc:
