@@ -1,65 +1,141 @@
 #!/usr/bin/env bash
-# A throwaway Jumpgate cluster on this machine: auth + proxy on an embedded SQLite
-# backend, in ./demo (delete it to start over). Runs in the foreground; Ctrl-C stops it.
+# A throwaway Jumpgate cluster on this machine, in ./demo (delete it to start over):
+#   - auth + proxy on an embedded SQLite backend;
+#   - a throwaway PostgreSQL (TLS on, certificate authentication only) enrolled through a
+#     Database Service agent that joins with a db token, as in the self-hosted PostgreSQL guide;
+#   - a user alice with a password, ready for `tsh login`.
+# Runs in the foreground; Ctrl-C stops everything (state is kept for the next run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=$ROOT/.venv/bin
 DEMO=${JUMPGATE_DEMO_DIR:-$ROOT/demo}
 mkdir -p "$DEMO"
-chmod 700 "$DEMO"
+chmod 711 "$DEMO"
+export PATH=$BIN:$PATH
 
-free_port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", int(__import__("sys").argv[1]))); print(s.getsockname()[1])' "$1" 2>/dev/null || "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() {
+  "$BIN/python" - "$1" <<'PY'
+import socket, sys
+for port in (int(sys.argv[1]), 0):
+    try:
+        s = socket.socket(); s.bind(("127.0.0.1", port)); print(s.getsockname()[1]); break
+    except OSError:
+        continue
+PY
+}
 
+PIDS=()
+PG_CTL=""
+stop() {
+  trap - INT TERM EXIT
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [[ -n $PG_CTL ]] && $PG_CTL stop -m fast >/dev/null 2>&1 || true
+  echo
+  echo "Demo stopped (state kept in $DEMO)."
+  exit 0
+}
+trap stop INT TERM EXIT
+
+# ------------------------------------------------------------------ the cluster
 CONF=$DEMO/teleport.yaml
 if [[ ! -f $CONF ]]; then
   WEB=$(free_port "${JUMPGATE_WEB_PORT:-3080}")
   AUTH=$(free_port "${JUMPGATE_AUTH_PORT:-3025}")
-  "$BIN/teleport" configure -o "file://$CONF" --cluster-name=demo.jumpgate.local \
+  teleport configure -o "file://$CONF" --cluster-name=demo.jumpgate.local \
     --public-addr="localhost:$WEB" --data-dir="$DEMO/data" \
     --web-listen-addr="127.0.0.1:$WEB" --auth-listen-addr="127.0.0.1:$AUTH" 2>/dev/null
 fi
 WEB=$(sed -n 's/^ *web_listen_addr: *127.0.0.1:\([0-9]*\).*/\1/p' "$CONF")
-
-"$BIN/teleport" start -c "$CONF" 2>"$DEMO/teleport.log" &
-PID=$!
-stop() { kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null; echo; echo "Demo cluster stopped (state kept in $DEMO)."; exit 0; }
-trap stop INT TERM
-
+teleport start -c "$CONF" 2>"$DEMO/teleport.log" &
+PIDS+=($!)
+TCTL="tctl -c $CONF"
 for _ in $(seq 1 100); do
-  if "$BIN/tctl" -c "$CONF" status >/dev/null 2>&1; then break; fi
-  if ! kill -0 $PID 2>/dev/null; then echo "teleport failed to start:"; tail -20 "$DEMO/teleport.log"; exit 1; fi
+  $TCTL status >/dev/null 2>&1 && break
+  kill -0 "${PIDS[0]}" 2>/dev/null || { echo "teleport failed to start:"; tail -20 "$DEMO/teleport.log"; exit 1; }
   sleep 0.1
 done
 
-TCTL="$BIN/tctl -c $CONF"
-if $TCTL get user/alice >/dev/null 2>&1; then
-  $TCTL users reset alice >"$DEMO/alice-invite.txt"   # a fresh link each run
-else
-  $TCTL users add alice --roles=access,editor --db-users='*' --db-names='*' >"$DEMO/alice-invite.txt"
+# ------------------------------------------------------------------ a throwaway PostgreSQL
+PGBIN=$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
+PGDATA=$DEMO/pgdata
+RUN_AS=()
+if [[ $(id -u) == 0 ]]; then
+  id jumpgate-pg >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin jumpgate-pg
+  RUN_AS=(runuser -u jumpgate-pg --)
 fi
+if [[ ! -f $DEMO/pg/server.crt ]]; then
+  mkdir -p "$DEMO/pg"
+  $TCTL auth sign --format=db --host=localhost,127.0.0.1 --out="$DEMO/pg/server" --ttl=2190h >/dev/null
+fi
+if [[ ! -d $PGDATA ]]; then
+  PGPORT=$(free_port 5433)
+  mkdir -p "$PGDATA" && chmod 700 "$PGDATA"
+  [[ ${#RUN_AS[@]} -gt 0 ]] && chown -R jumpgate-pg "$PGDATA" "$DEMO/pg"
+  "${RUN_AS[@]}" "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust >/dev/null
+  cat >>"$PGDATA/postgresql.conf" <<CONF
+port = $PGPORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$DEMO/pg'
+ssl = on
+ssl_cert_file = '$DEMO/pg/server.crt'
+ssl_key_file = '$DEMO/pg/server.key'
+ssl_ca_file = '$DEMO/pg/server.cas'
+CONF
+  printf 'local all all trust\nhostssl all all ::/0 cert\nhostssl all all 0.0.0.0/0 cert\n' >"$PGDATA/pg_hba.conf"
+  [[ ${#RUN_AS[@]} -gt 0 ]] && chown -R jumpgate-pg "$PGDATA"
+fi
+PGPORT=$(sed -n 's/^port = \([0-9]*\)/\1/p' "$PGDATA/postgresql.conf" | tail -1)
+PG_CTL="${RUN_AS[*]} $PGBIN/pg_ctl -D $PGDATA -l $DEMO/pg/postgres.log"
+$PG_CTL -w start >/dev/null
+psql -h "$DEMO/pg" -p "$PGPORT" -U postgres -qAtc "select 1 from pg_roles where rolname='alice'" | grep -q 1 ||
+  psql -h "$DEMO/pg" -p "$PGPORT" -U postgres -q -c "create user alice" -c "create database example owner alice"
+
+# ------------------------------------------------------------------ the Database Service agent
+if [[ ! -f $DEMO/db.yaml ]]; then
+  $TCTL tokens add --type=db --ttl=1h --format=text >"$DEMO/db-token"
+  teleport db configure create -o "file://$DEMO/db.yaml" --token="$DEMO/db-token" \
+    --proxy="localhost:$WEB" --name=demo-postgres --protocol=postgres --uri="localhost:$PGPORT" \
+    --labels=env=demo --description="Demo PostgreSQL" --data-dir="$DEMO/db-data" 2>/dev/null
+fi
+teleport start -c "$DEMO/db.yaml" 2>"$DEMO/db-agent.log" &
+PIDS+=($!)
+
+# ------------------------------------------------------------------ a user with a password
+PASS_FILE=$DEMO/alice-password
+if ! $TCTL get user/alice >/dev/null 2>&1; then
+  URL=$($TCTL users add alice --roles=access,editor --db-users='*' --db-names='*' | grep -o 'https://[^ ]*')
+  PASS=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+  curl -s -o /dev/null --cacert <($TCTL auth export --type=tls-host) -H "Origin: https://localhost:$WEB" \
+    --data-urlencode "password=$PASS" --data-urlencode "password_confirm=$PASS" "$URL"
+  umask 077 && echo "$PASS" >"$PASS_FILE"
+fi
+for _ in $(seq 1 100); do
+  $TCTL get db_server/demo-postgres >/dev/null 2>&1 && break
+  sleep 0.1
+done
 
 cat <<TXT
 
- Jumpgate demo cluster is running (logs: $DEMO/teleport.log)
+ Jumpgate demo is running (logs in $DEMO: teleport.log, db-agent.log, pg/postgres.log)
 
    Proxy web port   https://localhost:$WEB   (certificate signed by the cluster's host CA)
-   Config           $CONF
+   PostgreSQL       localhost:$PGPORT (TLS, certificate authentication only), behind the
+                    Database Service as "demo-postgres"
 
 $($TCTL status | sed 's/^/   /')
 
- Try, in another terminal:
+ In another terminal:
 
-   export PATH=$BIN:\$PATH
-   tctl -c $CONF status
-   tctl -c $CONF get roles
-   tctl -c $CONF bots add app --roles=access
-   tctl -c $CONF auth sign --format=db --host=localhost --out=$DEMO/server --ttl=2190h
-   curl --cacert <(tctl -c $CONF auth export --type=tls-host) https://localhost:$WEB/webapi/ping
-
- Invite link for user alice: $(grep -o 'https://[^ ]*' "$DEMO/alice-invite.txt" | head -1)
+   export PATH=$BIN:\$PATH TELEPORT_HOME=$DEMO/tsh
+   tsh login --proxy=localhost:$WEB --user=alice     # password: $(cat "$PASS_FILE")
+   tsh db ls
+   tsh db connect --db-user=alice --db-name=example demo-postgres
+   tsh proxy db --tunnel --port=15432 --db-user=alice --db-name=example demo-postgres
+   tctl -c $CONF audit ls
 
  Press Ctrl-C to stop.
 TXT
-wait $PID || true
+wait "${PIDS[0]}" || true
 echo "teleport exited; see $DEMO/teleport.log"
