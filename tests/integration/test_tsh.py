@@ -6,15 +6,12 @@ and ``PGSERVICEFILE``, as a user would.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
-import ssl
 import stat
 import subprocess
 import sys
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,52 +20,16 @@ import pytest
 from jumpgate.core.auth.identityfile import read_identity_file
 from jumpgate.core.client.profile import ProfileStore
 from tests.conftest import free_port
-from tests.integration.conftest import (
-    CLUSTER_NAME,
-    Cluster,
-    assert_clean_stderr,
-    cli_env,
-    make_cluster,
+from tests.integration.conftest import CLUSTER_NAME, Cluster, make_cluster
+from tests.integration.dbhelpers import (
+    TSH,
+    invite_user,
+    login,
+    start_proxy,
+    stop_proxy,
+    tsh,
+    tsh_env,
 )
-
-TSH = str(Path(sys.executable).parent / "tsh")
-PASSWORD = "a long enough passphrase"
-
-
-def tsh_env(home: Path) -> dict[str, str]:
-    """The console-script environment with ``TELEPORT_HOME=home`` and a private pg service file."""
-    env = cli_env()
-    env["TELEPORT_HOME"] = str(home)
-    env["PGSERVICEFILE"] = str(home.parent / "pg_service.conf")
-    return env
-
-
-def tsh(
-    home: Path,
-    *args: str,
-    input: str | None = None,
-    check: bool = True,
-    timeout: float = 30.0,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``tsh`` with ``TELEPORT_HOME=home``; with ``check`` require exit 0."""
-    proc = subprocess.run(
-        [TSH, *args],
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=tsh_env(home),
-        timeout=timeout,
-        check=False,
-    )
-    assert_clean_stderr(proc)
-    if check and proc.returncode != 0:
-        pytest.fail(
-            f"tsh {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}"
-            f"\n--- stderr\n{proc.stderr}",
-            pytrace=False,
-        )
-    return proc
 
 
 def status_rows(out: str) -> dict[str, str]:
@@ -92,26 +53,9 @@ def host_ca(cluster: Cluster) -> str:
 
 def complete_invite(cluster: Cluster, host_ca: str, user: str) -> None:
     """``tctl users add`` then the invite form post, as the user's browser would."""
-    out = cluster.tctl(
-        "users", "add", user, "--roles=access", "--db-users=alice,bob", "--db-names=example"
-    ).stdout
-    (url,) = re.findall(r"https://\S+/web/invite/[0-9a-f]+", out)
-    ctx = ssl.create_default_context(cadata=host_ca)
-    conn = http.client.HTTPSConnection("localhost", cluster.web_port, context=ctx, timeout=30)
-    try:
-        conn.request(
-            "POST",
-            urllib.parse.urlsplit(url).path,
-            body=urllib.parse.urlencode({"password": PASSWORD, "password_confirm": PASSWORD}),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-        )
-        resp = conn.getresponse()
-        body = resp.read().decode(errors="replace")
-    finally:
-        conn.close()
-    if resp.status == 404 and "invite" not in body.lower():
-        pytest.skip("needs the invite endpoint (POST /web/invite/<token>)")
-    assert resp.status == 200, body
+    invite_user(
+        cluster, host_ca, user, "--roles=access", "--db-users=alice,bob", "--db-names=example"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -182,19 +126,6 @@ def test_login_to_unreachable_proxy_names_the_address(home: Path) -> None:
 
 
 # ---------------------------------------------------------------------- password login
-def login(
-    cluster: Cluster,
-    home: Path,
-    user: str,
-    *flags: str,
-    password: str = PASSWORD,
-    check: bool = True,
-) -> subprocess.CompletedProcess[str]:
-    """``tsh login`` with the password on stdin (not a terminal)."""
-    proxy = f"--proxy={cluster.public_addr}"
-    return tsh(home, "login", f"--user={user}", *flags, proxy, input=password + "\n", check=check)
-
-
 def test_login_status_logout_with_password_from_stdin(
     cluster: Cluster, carol: str, home: Path
 ) -> None:
@@ -296,9 +227,7 @@ def db_cluster(tmp_path_factory: pytest.TempPathFactory, pg_port: int) -> Iterat
     except BaseException:
         c.kill()
         raise
-    # generous: with db_service enabled the shutdown currently pauses ~20 s at "closing
-    # the auth API" (not caused by tsh; see the report), the default allows 15 s
-    c.stop(timeout=60)
+    c.stop()
 
 
 def test_db_ls(db_cluster: Cluster, home: Path, tmp_path: Path) -> None:
@@ -430,40 +359,12 @@ def test_db_connect_runs_psql_through_a_local_proxy(
     assert denied.returncode == 2, denied.stderr
 
 
-def _start_proxy(home: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [TSH, "proxy", "db", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=tsh_env(home),
-    )
-    assert proc.stdout is not None
-    lines = []
-    while True:
-        line = proc.stdout.readline()
-        if not line:
-            pytest.fail(f"tsh proxy db exited early: {proc.wait()} {proc.stderr.read()}")  # type: ignore[union-attr]
-        lines.append(line)
-        if line.startswith("  $ psql") or line.startswith("Your database user is"):
-            return proc, "".join(lines)
-
-
-def _stop_proxy(proc: subprocess.Popen[str]) -> None:
-    import signal
-
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=15) == 0
-    assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
-
-
 def test_proxy_db_tunnel_mode(
     db_cluster: Cluster, postgres: Path, home: Path, tmp_path: Path
 ) -> None:
     saved_profile(db_cluster, home, tmp_path)
     port = free_port()
-    proc, out = _start_proxy(
+    proc, out = start_proxy(
         home, "--tunnel", "--db-user=alice", "--db-name=example", f"--port={port}", "pg"
     )
     try:
@@ -488,14 +389,14 @@ def test_proxy_db_tunnel_mode(
         )
         assert psql.stdout.strip() == "42", psql.stderr
     finally:
-        _stop_proxy(proc)
+        stop_proxy(proc)
     assert not status.exists()
 
 
 def test_proxy_db_tls_mode(db_cluster: Cluster, postgres: Path, home: Path, tmp_path: Path) -> None:
     store = saved_profile(db_cluster, home, tmp_path)
     prof = store.require_current()
-    proc, out = _start_proxy(home, "--db-user=alice", "--db-name=example", "pg")
+    proc, out = start_proxy(home, "--db-user=alice", "--db-name=example", "pg")
     try:
         m = re.match(r"Started DB proxy on 127\.0\.0\.1:(\d+)\n", out)
         assert m, out
@@ -514,7 +415,7 @@ def test_proxy_db_tls_mode(db_cluster: Cluster, postgres: Path, home: Path, tmp_
         )
         assert psql.stdout.strip() == "7", psql.stderr
     finally:
-        _stop_proxy(proc)
+        stop_proxy(proc)
 
 
 def test_ctrl_c_cancels_the_query_not_tsh(
