@@ -4,7 +4,11 @@ Events are plain JSON objects in Teleport's shape (``event``, ``code``, ``time``
 ``uid``, ``cluster_name`` plus event-specific fields such as ``user``,
 ``db_service`` or ``success``). ``emit`` never blocks the caller: events are
 queued and written in batches by one background task, so auditing adds little to
-hot paths such as certificate issuance.
+hot paths such as certificate issuance. With the SQLite backend the batches are
+written by a dedicated writer thread (sqlite releases the GIL while it works),
+so the event loop does not wait for the disk; :meth:`AuditLog.flush` (and
+therefore :meth:`~AuditLog.search` and :meth:`~AuditLog.close`) still returns
+only once every event emitted before it is stored.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,6 +69,45 @@ CODES: dict[str, str] = {
 }
 
 
+def _uuid4() -> str:
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` makes it, but cheaper."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _timestamps(now: datetime) -> tuple[str, str]:
+    """(``time`` field, key timestamp) of an event: ISO 8601 with ``Z``, and
+    ``%Y-%m-%dT%H:%M:%S.%f`` in UTC (sortable, always with microseconds)."""
+    utc = now.astimezone(UTC)
+    iso = utc.isoformat()  # YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00
+    if utc.year < 1000:  # pragma: no cover - isoformat pads the year, strftime may not
+        return iso.replace("+00:00", "Z"), utc.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    if utc.microsecond:
+        return iso[:26] + "Z", iso[:26]
+    return iso[:19] + "Z", iso[:19] + ".000000"
+
+
+def _threaded_writes(backend: Backend) -> bool:
+    """True for backends whose ``put_many`` does blocking I/O without awaiting
+    anything and is thread-safe: their batches go to a writer thread."""
+    from jumpgate.core.backend.sqlite import SQLiteBackend
+
+    return isinstance(backend, SQLiteBackend) and type(backend).put_many is SQLiteBackend.put_many
+
+
+def _run_to_completion(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run a coroutine that never suspends (see :func:`_threaded_writes`) outside any loop."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise RuntimeError("the backend's put_many suspended; it cannot run in the writer thread")
+
+
 def event_code(event: str, *, success: bool = True) -> str:
     """Teleport's code for ``event`` (the failure variant when ``success`` is false)."""
     if not success and f"{event}.failure" in CODES:
@@ -91,6 +135,8 @@ class AuditLog:
         self._task: asyncio.Task[None] | None = None
         self._index = 0
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._threaded = _threaded_writes(backend)
+        self._pool: ThreadPoolExecutor | None = None
 
     def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
         """Call ``listener`` with every event as it is emitted; returns an unsubscribe function."""
@@ -101,31 +147,35 @@ class AuditLog:
         """Record one event. Returns the full event as stored. Never blocks."""
         now = self._clock()
         self._index += 1
-        uid = str(uuid.uuid4())
+        uid = _uuid4()
+        time_text, stamp = _timestamps(now)
+        code = fields.pop("code", None)
         record: dict[str, Any] = {
             "event": event,
-            "code": fields.pop("code", None) or event_code(event, success=success),
-            "time": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "code": code or event_code(event, success=success),
+            "time": time_text,
             "uid": uid,
             "cluster_name": self.cluster_name,
             "ei": self._index,
         }
-        if event.endswith((".start", ".join", ".login")) or "success" in fields:
+        if "success" in fields or event.endswith((".start", ".join", ".login")):
             record["success"] = success
-        record.update({k: v for k, v in fields.items() if v is not None})
-        key = f"{EVENTS_PREFIX}{now.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')}/{uid}"
+        for k, v in fields.items():
+            if v is not None:
+                record[k] = v
         self._queue.append(
             Item(
-                key=key,
-                value=json.dumps(record, sort_keys=True).encode(),
+                key=f"{EVENTS_PREFIX}{stamp}/{uid}",
+                value=json.dumps(record).encode(),
                 expires=now + self._retention,
             )
         )
-        for listener in list(self._listeners):
-            try:
-                listener(record)
-            except Exception:  # a broken listener must not break auditing
-                log.exception("audit listener failed")
+        if self._listeners:
+            for listener in list(self._listeners):
+                try:
+                    listener(record)
+                except Exception:  # a broken listener must not break auditing
+                    log.exception("audit listener failed")
         self._kick()
         return record
 
@@ -148,22 +198,58 @@ class AuditLog:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write every queued event now."""
+        """Write every queued event now; returns once all events emitted so far are stored.
+
+        A batch that fails stays queued (at the front) and the error is raised.
+        """
         batch, self._queue = self._queue, []
+        if self._threaded:
+            await self._flush_threaded(batch)
+            return
         if not batch:
             return
         try:
             await self._backend.put_many(batch)
-        except Exception:
-            log.exception("could not write %d audit events; keeping them queued", len(batch))
-            self._queue[:0] = batch
+        except Exception as exc:
+            self._requeue(batch, exc)
             raise
 
+    def _requeue(self, batch: list[Item], exc: BaseException) -> None:
+        log.error("could not write %d audit events; keeping them queued", len(batch), exc_info=exc)
+        self._queue[:0] = batch
+
+    async def _flush_threaded(self, batch: list[Item]) -> None:
+        # One writer thread takes the batches in order, so once this (possibly empty)
+        # batch is done, every batch handed over before it is done too.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, self._write_batch, batch)
+
+        def done(f: asyncio.Future[None]) -> None:
+            exc = None if f.cancelled() else f.exception()
+            if exc is not None:
+                self._requeue(batch, exc)
+
+        fut.add_done_callback(done)
+        # shielded: a cancelled flush (close() stops the writer task) still lets the
+        # thread finish the batch, and a failed batch is still put back in the queue
+        await asyncio.shield(fut)
+
+    def _write_batch(self, batch: Sequence[Item]) -> None:
+        """Writer thread: store one batch (no-op when empty)."""
+        if batch:
+            _run_to_completion(self._backend.put_many(batch))
+
     async def close(self) -> None:
-        """Flush and stop the writer."""
+        """Flush and stop the writer: every event emitted before is stored on return."""
         await cancel_and_wait(self._task)
         self._task = None
-        await self.flush()
+        try:
+            await self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
     async def search(
         self,

@@ -22,6 +22,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from jumpgate.core.errors import AccessDenied, BadParameter, NotFound
+from jumpgate.core.tlsca.der import (
+    LeafTemplate,
+    der_name,
+    der_to_pem,
+    extension_der,
+    p256_ski,
+    p256_spki_from_pem,
+    raw_extension,
+)
 from jumpgate.core.tlsca.identity import (
     IDENTITY_EXTENSION_OID,
     MAX_COMMON_NAME_BYTES,
@@ -236,7 +245,8 @@ class CertAuthority:
         self.cert = cert
         self.key = key
         self.clock = clock
-        self._additional = list(additional_trusted)
+        self._additional = tuple(additional_trusted)
+        self._trusted_pem: bytes | None = None
         if key is not None and key.public_key() != cert.public_key():
             raise BadParameter(
                 f"the {self.ca_type} CA private key of cluster {cluster_name!r} does not "
@@ -258,6 +268,15 @@ class CertAuthority:
         else:
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
         self._cert_pem: bytes = cert_to_pem(cert)
+        self._template: LeafTemplate | None = None
+        if key is not None:
+            self._template = LeafTemplate(
+                key,
+                issuer=self._issuer,
+                aki=self._aki,
+                basic_constraints=_LEAF_BASIC_CONSTRAINTS,
+                key_usage=_LEAF_KEY_USAGE,
+            )
 
     def __repr__(self) -> str:
         return (
@@ -350,6 +369,16 @@ class CertAuthority:
         """Certificates to trust for this CA: the active one first, then any additional."""
         return [self.cert, *self._additional]
 
+    @property
+    def trusted_pem(self) -> bytes:
+        """PEM of :attr:`trusted_certs`, in that order (computed once: both are fixed)."""
+        pem = self._trusted_pem
+        if pem is None:
+            pem = self._trusted_pem = b"".join(
+                [self._cert_pem, *(cert_to_pem(c) for c in self._additional)]
+            )
+        return pem
+
     def pin(self) -> str:
         """This CA's pin (see :func:`ca_pin`)."""
         return ca_pin(self.cert)
@@ -373,6 +402,7 @@ class CertAuthority:
         dns_names: Sequence[str] = (),
         server: bool = False,
         client: bool = True,
+        builder: bool = False,
     ) -> x509.Certificate:
         """Sign a leaf certificate for ``public_key`` (an object or PEM bytes).
 
@@ -381,6 +411,11 @@ class CertAuthority:
         is capped at the CA's own NotAfter. ``dns_names`` become the SAN (IP
         addresses as IPAddress entries). ``server``/``client`` select the
         extended key usages.
+
+        The certificate is encoded from this CA's precomputed
+        :class:`~jumpgate.core.tlsca.der.LeafTemplate`; ``builder=True`` takes the
+        reference path through :class:`x509.CertificateBuilder` instead, which
+        yields the same TBSCertificate bytes for the same serial and times.
         """
         key = self._require_key()
         if (identity is None) == (subject is None):
@@ -393,11 +428,14 @@ class CertAuthority:
                 "a certificate must be usable for server or client authentication",
                 hint="pass server=True and/or client=True",
             )
-        pub: PublicKey
-        if isinstance(public_key, bytes | bytearray):
-            pub = load_public_key(bytes(public_key))
+        if builder:
+            pub: PublicKey
+            if isinstance(public_key, bytes | bytearray):
+                pub = load_public_key(bytes(public_key))
+            else:
+                pub = public_key
         else:
-            pub = public_key
+            spki, ski = _leaf_public_key(public_key)
         now = _aware(self.clock(), "clock time")
         _aware(not_after, "not_after")
         if not_after <= now:
@@ -412,6 +450,65 @@ class CertAuthority:
                 hint="rotate the certificate authority (tctl auth rotate)",
             )
         not_after = min(not_after, self._not_after)
+        serial = _random_serial()
+        if builder:
+            return self._build(
+                key,
+                pub,
+                serial=serial,
+                not_before=now - BACKDATE,
+                not_after=not_after,
+                identity=identity,
+                subject=subject,
+                dns_names=dns_names,
+                server=server,
+                client=client,
+            )
+        assert self._template is not None
+        if identity is not None:
+            subject_der = der_name(identity.username, identity.groups)
+        else:
+            assert subject is not None
+            subject_der = subject.public_bytes()
+        extensions = []
+        if dns_names:
+            extensions.append(
+                extension_der(x509.SubjectAlternativeName(_san_entries(dns_names)), critical=False)
+            )
+        if identity is not None:
+            extensions.append(raw_extension(IDENTITY_EXTENSION_OID, encode_extension(identity)))
+        tbs = self._template.tbs(
+            serial=serial,
+            not_before=now - BACKDATE,
+            not_after=not_after,
+            subject_der=subject_der,
+            spki_der=spki,
+            ski=ski,
+            extensions=extensions,
+            server=server,
+            client=client,
+        )
+        der = self._template.sign(tbs)
+        cert = x509.load_der_x509_certificate(der)
+        global _last_issued
+        _last_issued = (cert, der)
+        return cert
+
+    def _build(
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        pub: PublicKey,
+        *,
+        serial: int,
+        not_before: datetime,
+        not_after: datetime,
+        identity: Identity | None,
+        subject: x509.Name | None,
+        dns_names: Sequence[str],
+        server: bool,
+        client: bool,
+    ) -> x509.Certificate:
+        """The reference path: the same leaf through :class:`x509.CertificateBuilder`."""
         name = identity_subject(identity) if identity is not None else subject
         assert name is not None
         eku = []
@@ -424,10 +521,10 @@ class CertAuthority:
             .subject_name(name)
             .issuer_name(self._issuer)
             .public_key(pub)
-            .serial_number(_random_serial())
-            .not_valid_before(now - BACKDATE)
+            .serial_number(serial)
+            .not_valid_before(not_before)
             .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
             .add_extension(_LEAF_KEY_USAGE, critical=True)
             .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
             .add_extension(self._aki, critical=False)
@@ -443,6 +540,47 @@ class CertAuthority:
                 critical=False,
             )
         return builder.sign(key, hashes.SHA256())
+
+
+def _leaf_public_key(
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey | bytes,
+) -> tuple[bytes, bytes]:
+    """(DER SubjectPublicKeyInfo, subject key identifier) of a leaf's public key.
+
+    A canonical P-256 PEM is read directly (point checked to be on the curve);
+    any other PEM goes through :func:`load_public_key` (BadParameter if it is not
+    an ECDSA/RSA public key). The identifier is what
+    :meth:`x509.SubjectKeyIdentifier.from_public_key` computes.
+    """
+    pub: PublicKey
+    if isinstance(public_key, bytes | bytearray):
+        pem = bytes(public_key)
+        spki = p256_spki_from_pem(pem)
+        if spki is not None:
+            return spki, p256_ski(spki)
+        pub = load_public_key(pem)
+    else:
+        pub = public_key
+    spki = pub.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return spki, x509.SubjectKeyIdentifier.from_public_key(pub).digest
+
+
+_LEAF_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+
+#: (certificate, its DER) of the leaf this process issued last: re-serialising a
+#: parsed certificate costs more than the rest of PEM encoding, and the caller of
+#: ``issue()`` nearly always wants the PEM of what it just got.
+_last_issued: tuple[x509.Certificate, bytes] | None = None
+
+
+def certificate_pem(cert: x509.Certificate) -> bytes:
+    """``cert`` as PEM, like :func:`cert_to_pem`; cheap for the leaf issued last."""
+    last = _last_issued
+    if last is not None and last[0] is cert:
+        return der_to_pem(last[1], "CERTIFICATE")
+    return cert_to_pem(cert)
 
 
 _LEAF_KEY_USAGE = x509.KeyUsage(
