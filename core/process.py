@@ -272,6 +272,7 @@ class TeleportProcess:
 
         api = AuthAPI(auth)
         import jumpgate.core.auth.methods  # registers the API methods
+        import jumpgate.core.auth.methods_bot
         import jumpgate.core.auth.methods_db  # noqa: F401
 
         runner = web.AppRunner(api.app, handle_signals=False, access_log=None, shutdown_timeout=2.0)

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from jumpgate.core.auth.methods_bot import register_bot_join_routes
 from jumpgate.core.errors import JumpgateError
 
 log = logging.getLogger(__name__)
@@ -53,3 +54,4 @@ def register_agent_routes(app: web.Application, auth: Any) -> None:
 
     for prefix in ("", "/v1"):
         app.router.add_post(f"{prefix}/webapi/host/credentials", host_credentials)
+    register_bot_join_routes(app, auth)
