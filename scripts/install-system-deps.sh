@@ -45,6 +45,7 @@ have_cmd getfacl || need_pkg acl getfacl
 have_cmd tmux || need_pkg tmux tmux
 [[ -x /usr/bin/chromium ]] || need_pkg chromium "headless browser test of the invite page"
 have_cmd wrk || need_pkg wrk wrk
+have_cmd jq || need_pkg jq jq
 have_cmd make || need_pkg make make
 
 if ! have_cmd python3; then

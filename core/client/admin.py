@@ -52,8 +52,8 @@ def resolve_admin(
     if not path.exists():
         raise ConfigError(
             f"no identity file given and the configuration {path} does not exist",
-            hint="run tctl on the auth host with -c /path/to/teleport.yaml, or pass "
-            "--auth-server=HOST:PORT -i IDENTITY_FILE",
+            hint="log in with tsh login, run tctl on the auth host with -c /path/to/teleport.yaml, "
+            "or pass --auth-server=HOST:PORT -i IDENTITY_FILE",
         )
     data_dir, auth_enabled, listen_addr = _admin_settings(path)
     if not auth_enabled:
@@ -112,7 +112,19 @@ def _admin_settings(path: Path) -> tuple[Path, bool, str]:
 def connect_admin(
     *, config: str | None, auth_server: str | None, identity: str | None
 ) -> AuthClient:
-    """An API client for tctl."""
+    """An API client for tctl.
+
+    Precedence, as Teleport's tctl: an identity file (``-i``); else the auth host's
+    configuration (``-c``, or ``/etc/teleport.yaml`` when it exists); else the
+    credentials of the current ``tsh login`` profile, through the proxy.
+    """
+    if not identity and not config and not Path(default_config_path()).exists():
+        from jumpgate.core.client.profile import ProfileStore
+
+        prof = ProfileStore().current()
+        if prof is not None:
+            prof.require_valid()
+            return AuthClient(auth_server or prof.web_proxy_addr, prof.identity_file())
     target = resolve_admin(config=config, auth_server=auth_server, identity=identity)
     return AuthClient(target.addr, read_identity_file(target.identity_path))
 

@@ -83,6 +83,9 @@ class WebAPI:
             r.add_get(f"{prefix}/webapi/ping/{{connector}}", self.ping)
             r.add_get(f"{prefix}/webapi/find", self.find)
             r.add_get(f"{prefix}/webapi/auth/export", self.auth_export)
+            r.add_get(
+                f"{prefix}/webapi/automaticupgrades/channel/{{channel}}/version", self.upgrade_version
+            )
         r.add_get("/.well-known/jwks.json", self.jwks)
         if hasattr(info, "store"):  # the auth service runs in this process
             from jumpgate.core.proxy.web_agents import register_agent_routes
@@ -154,6 +157,10 @@ class WebAPI:
         body = export_ca(self.info, export_type)
         ctype = "application/octet-stream" if export_type.endswith("-der") else "text/plain"
         return web.Response(body=body, content_type=ctype)
+
+    async def upgrade_version(self, request: web.Request) -> web.Response:
+        """The version agents should run (``v<version>``, as Teleport's upgrade channel answers)."""
+        return web.Response(text=f"v{VERSION}", content_type="text/plain")
 
     async def jwks(self, request: web.Request) -> web.Response:
         """Keys that verify ``Teleport-Jwt-Assertion`` tokens."""
