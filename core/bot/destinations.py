@@ -101,12 +101,15 @@ class DirectoryDestination:
         *,
         symlinks: str = "try-secure",
         acls: str = "try",
+        trusted_uids: tuple[int, ...] = (),
     ) -> None:
         if symlinks not in ("insecure", "try-secure", "secure"):
             raise BadParameter(f"invalid symlinks mode {symlinks!r}")
         self.path = Path(path).absolute()
         self.symlinks = symlinks
         self.acls = acls
+        #: Owners accepted besides this user and root (``tbot init --owner``).
+        self.trusted_uids = trusted_uids
         self._warned: set[str] = set()
 
     @classmethod
@@ -125,13 +128,38 @@ class DirectoryDestination:
 
     # ------------------------------------------------------------------ the directory
     def _ours(self, st: os.stat_result) -> bool:
-        return st.st_uid in (os.geteuid(), 0)
+        return st.st_uid in (os.geteuid(), 0, *self.trusted_uids)
+
+    def _check_owner(self, path: Path, st: os.stat_result) -> None:
+        """Secure modes: the directory must be ours or root's (root may also use its users')."""
+        if self.symlinks == "insecure" or self._ours(st):
+            return
+        if self.symlinks == "try-secure" and os.geteuid() == 0:
+            self._warn_once(
+                "owner",
+                "the destination %s belongs to uid %d, not root; writing there as root "
+                "(symlinks: try-secure)",
+                path,
+                st.st_uid,
+            )
+            return
+        raise AccessDenied(
+            f"the destination {path} belongs to uid {st.st_uid}, not to this user "
+            f"(uid {os.geteuid()}) or root; refusing to write credentials there",
+            hint="run tbot as the directory's owner (see tbot init --owner), "
+            "or set symlinks: insecure",
+        )
 
     def _resolve_dir(self, *, create: bool) -> Path:
         """The directory to open, after the symlink/ownership policy (creating it if asked)."""
         p = self.path
         try:
             st = p.lstat()
+        except PermissionError:
+            raise AccessDenied(
+                f"cannot reach the destination {p}: permission denied",
+                hint="every parent directory must be searchable by the user tbot runs as",
+            ) from None
         except FileNotFoundError:
             if not create:
                 raise NotFound(
@@ -188,14 +216,7 @@ class DirectoryDestination:
                 ) from None
             raise
         try:
-            st = os.fstat(fd)
-            if self.symlinks != "insecure" and not self._ours(st):
-                raise AccessDenied(
-                    f"the destination {path} belongs to uid {st.st_uid}, not to this user "
-                    f"(uid {os.geteuid()}) or root; refusing to write credentials there",
-                    hint="run tbot as the directory's owner (see tbot init --owner), "
-                    "or set symlinks: insecure",
-                )
+            self._check_owner(path, os.fstat(fd))
             yield fd
         finally:
             os.close(fd)

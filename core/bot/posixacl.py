@@ -20,6 +20,7 @@ import struct
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from jumpgate.core.errors import BadParameter, JumpgateError
 
@@ -172,3 +173,24 @@ def getfacl(path: str | os.PathLike[str]) -> list[str]:
 def acl_matches(path: str | os.PathLike[str], spec: str) -> bool:
     """Whether ``path``'s ACL is exactly ``spec`` (order does not matter)."""
     return sorted(getfacl(path)) == sorted(spec.split(","))
+
+
+def acl_entries_beyond_mode(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (not followed if a link) has named ACL entries."""
+    try:
+        raw = os.getxattr(path, XATTR, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.EOPNOTSUPP, errno.ENOTSUP):
+            return False
+        raise
+    return any(e.tag in (USER, GROUP) for e in decode(raw))
+
+
+def strip(path: str | os.PathLike[str], mode: int) -> None:
+    """Remove ``path``'s ACL and set plain permission bits ``mode``."""
+    try:
+        os.removexattr(path, XATTR, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+    Path(path).chmod(mode)

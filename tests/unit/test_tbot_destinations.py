@@ -161,20 +161,57 @@ def test_destination_directory_that_is_a_symlink(
 
 
 @needs_root
-def test_directory_owned_by_someone_else(tmp_path: Path) -> None:
+def test_directory_owned_by_someone_else(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     theirs = tmp_path / "theirs"
     theirs.mkdir(mode=0o777)
     os.chown(theirs, NOBODY, NOBODY)
-    for mode in ("secure", "try-secure"):
-        with pytest.raises(AccessDenied, match="belongs to uid 65534"):
-            DirectoryDestination(theirs, symlinks=mode).write("key", b"k")
+    with pytest.raises(AccessDenied, match="belongs to uid 65534"):
+        DirectoryDestination(theirs, symlinks="secure").write("key", b"k")
     assert list(theirs.iterdir()) == []
+    # the owner tbot init was told about is trusted
+    DirectoryDestination(theirs, symlinks="secure", trusted_uids=(NOBODY,)).write("key", b"k")
+    # root acting for one of its users: allowed in try-secure, with a warning
+    DirectoryDestination(theirs, symlinks="try-secure").write("key", b"k2")
+    assert "belongs to uid 65534, not root" in caplog.text
+    # a symlink to someone else's directory is never followed in try-secure
     link = tmp_path / "link"
     link.symlink_to(theirs)
     with pytest.raises(AccessDenied, match="not to this user"):
         DirectoryDestination(link, symlinks="try-secure").write("key", b"k")
-    DirectoryDestination(theirs, symlinks="insecure").write("key", b"k")
-    assert (theirs / "key").read_bytes() == b"k"
+    DirectoryDestination(theirs, symlinks="insecure").write("key", b"k3")
+    assert (theirs / "key").read_bytes() == b"k3"
+
+
+def test_directory_owned_by_someone_else_unprivileged(tmp_path: Path) -> None:
+    """As a normal user, try-secure refuses a directory it does not own (run in a child)."""
+    if not ROOT:
+        pytest.skip("needs root to switch to another user")
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="tbot-dest-"))  # pytest's tmp root is 0700
+    base.chmod(0o755)
+    theirs = base / "theirs"
+    theirs.mkdir(mode=0o777)
+    theirs.chmod(0o777)
+    os.chown(theirs, NOBODY, NOBODY)
+    code = (
+        "import os, sys\n"
+        "from jumpgate.core.bot.destinations import DirectoryDestination\n"
+        "from jumpgate.core.errors import AccessDenied\n"
+        "os.setgid(65534); os.setuid(65533)  # after the imports: the interpreter is root's\n"
+        f"d = DirectoryDestination({str(theirs)!r}, symlinks='try-secure')\n"
+        "try:\n    d.write('key', b'k')\nexcept AccessDenied as e:\n    print('refused', e)\n"
+    )
+    import sys
+
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert "refused" in proc.stdout and "belongs to uid 65534" in proc.stdout, proc.stderr
+    assert "(uid 65533)" in proc.stdout
 
 
 # --------------------------------------------------------------------- ACLs
