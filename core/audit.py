@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -69,9 +70,35 @@ CODES: dict[str, str] = {
 }
 
 
+class _RandomPool:
+    """:func:`os.urandom` read 4 KiB at a time (one system call per 256 event ids);
+    thread-safe, and a forked child starts empty so it never reuses the parent's bytes."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._buf = b""
+        self._pos = 0
+
+    def take16(self) -> bytes:
+        with self._lock:
+            pos = self._pos
+            if pos + 16 > len(self._buf):
+                self._buf = os.urandom(4096)
+                pos = 0
+            self._pos = pos + 16
+            return self._buf[pos : pos + 16]
+
+
+_RANDOM = _RandomPool()
+
+
 def _uuid4() -> str:
     """A random (version 4) UUID string, as ``str(uuid.uuid4())`` makes it, but cheaper."""
-    b = bytearray(os.urandom(16))
+    b = bytearray(_RANDOM.take16())
     b[6] = (b[6] & 0x0F) | 0x40
     b[8] = (b[8] & 0x3F) | 0x80
     h = b.hex()
@@ -81,7 +108,7 @@ def _uuid4() -> str:
 def _timestamps(now: datetime) -> tuple[str, str]:
     """(``time`` field, key timestamp) of an event: ISO 8601 with ``Z``, and
     ``%Y-%m-%dT%H:%M:%S.%f`` in UTC (sortable, always with microseconds)."""
-    utc = now.astimezone(UTC)
+    utc = now if now.tzinfo is UTC else now.astimezone(UTC)
     iso = utc.isoformat()  # YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00
     if utc.year < 1000:  # pragma: no cover - isoformat pads the year, strftime may not
         return iso.replace("+00:00", "Z"), utc.strftime("%Y-%m-%dT%H:%M:%S.%f")
@@ -158,7 +185,7 @@ class AuditLog:
             "cluster_name": self.cluster_name,
             "ei": self._index,
         }
-        if "success" in fields or event.endswith((".start", ".join", ".login")):
+        if not success or event.endswith((".start", ".join", ".login")):
             record["success"] = success
         for k, v in fields.items():
             if v is not None:
@@ -180,6 +207,9 @@ class AuditLog:
         return record
 
     def _kick(self) -> None:
+        wakeup, task = self._wakeup, self._task
+        if wakeup is not None and wakeup.is_set() and task is not None and not task.done():
+            return  # the writer is already due to run
         try:
             asyncio.get_running_loop()
         except RuntimeError:

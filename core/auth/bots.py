@@ -146,11 +146,14 @@ async def update_bot(
     bot = parse_resource(data)
     await auth.store.put(bot)
     await auth.store.put(bot_role(name, roles))
-    user_name = bot_user_name(name)
-    user = await auth.store.get("user", user_name)
-    udata = resource_to_dict(user, with_secrets=True)
-    udata["spec"]["traits"] = {k: v for k, v in traits.items() if v}
-    await auth.store.put(parse_resource(udata))
+    new_traits = {k: v for k, v in traits.items() if v}
+
+    def set_traits(udata: dict[str, Any]) -> dict[str, Any]:
+        # only the traits change: the generation labels stay whatever they are now
+        udata["spec"]["traits"] = new_traits
+        return udata
+
+    await auth.store.mutate("user", bot_user_name(name), set_traits)
     auth.audit.emit("bot.update", user=updater or None, name=name, roles=roles)
     return bot
 

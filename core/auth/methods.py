@@ -355,6 +355,11 @@ async def tokens_add(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
 async def certs_user(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
     """A user certificate: for oneself, or for another user with the rights to impersonate."""
     username = str(params.get("username") or ctx.identity.username)
+    if ctx.identity.renewable or ctx.identity.bot_name:
+        raise AccessDenied(
+            "bots get certificates through their renewal and outputs, not certs.user",
+            hint="configure a tbot output instead",
+        )
     if ctx.identity.disallow_reissue:
         raise AccessDenied("this certificate may not be used to request more certificates")
     if not ctx.is_admin and username != ctx.identity.username:

@@ -228,6 +228,41 @@ class ResourceStore:
             self.generation += 1
         return res
 
+    async def mutate(
+        self,
+        kind: str,
+        name: str,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        attempts: int = 8,
+    ) -> Resource:
+        """Read ``kind/name`` from the backend, apply ``change`` to its dict, compare-and-swap.
+
+        Retries when someone else wrote in between, so concurrent updates of
+        different fields (e.g. bot roles and the bot's generation label) never
+        overwrite each other with stale data.
+        """
+        from jumpgate.core.errors import CompareFailed
+
+        key = storage_key(kind, name)
+        for _ in range(attempts):
+            try:
+                current = await self.backend.get(key)
+            except NotFound:
+                raise NotFound(f'{kind} "{name}" not found') from None
+            data = json.loads(current.value)
+            res = parse_resource(change(data))
+            new = Item(key=key, value=self._encode(res), expires=self._expires(res))
+            try:
+                await self.backend.compare_and_swap(current, new)
+            except CompareFailed:
+                continue
+            if kind in self._cache:
+                self._cache[kind][name] = res
+                self.generation += 1
+            return res
+        raise CompareFailed(f'{kind} "{name}" kept changing; try again')
+
     async def delete(self, kind: str, name: str) -> None:
         """Delete one resource; :class:`NotFound` when absent."""
         kind = canonical_kind(kind)
