@@ -146,6 +146,10 @@ def run_app(app: Callable[..., Any], *, prog: str, argv: list[str] | None = None
 
 
 def _is_click_exception(exc: BaseException) -> bool:
+    import click  # already loaded by typer
+
+    if isinstance(exc, click.ClickException | click.exceptions.Exit | click.exceptions.Abort):
+        return True
     return type(exc).__name__ in (
         "UsageError",
         "BadParameter",

@@ -182,6 +182,12 @@ class TeleportProcess:
         from jumpgate.core.join import load_or_join
 
         cfg = self.config
+        if not cfg.db_service.databases and not cfg.db_service.resources:
+            raise ConfigError(
+                "db_service is enabled but lists no databases and no resources to watch",
+                hint="add db_service.databases (teleport db configure create writes one) or "
+                "db_service.resources: [{labels: {'*': '*'}}]",
+            )
         auth = self.services.auth
         if auth is not None and self.services.auth_addr is not None:
             key = generate_private_key()

@@ -57,6 +57,9 @@ _CANCEL_REQUEST_CODE = 80877102
 _FAIL_WAIT = 2.0
 
 
+_SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
+
+
 def pg_error_response(message: str, *, code: str = "08006") -> bytes:
     """A FATAL PostgreSQL ``ErrorResponse`` (SQLSTATE 08006, connection failure by default)."""
     return error_response(message, code=code)
@@ -361,6 +364,15 @@ class LocalProxy:
         t = hs.transport
         if t is None or t.is_closing():
             return
+        if first[:8] == _SSL_REQUEST:
+            # answer "no TLS" first: libpq then sends its StartupMessage in clear and prints
+            # our error itself (an error *during* the SSL exchange would be shown as
+            # "server sent an error response during SSL exchange", hiding the reason)
+            t.write(b"N")
+            with contextlib.suppress(TimeoutError, ConnectionProblem):
+                first = await asyncio.wait_for(hs.read_some(), _FAIL_WAIT)
+            if t.is_closing():
+                return
         if not _is_cancel_request(first):
             t.write(pg_error_response(message))
         t.close()
