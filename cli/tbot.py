@@ -184,6 +184,10 @@ def start(
             debug=gl.debug,
         ),
     )
+    if cfg.debug and not gl.debug:
+        import logging
+
+        logging.getLogger().setLevel(logging.DEBUG)
     if not cfg.outputs:
         warn("no outputs configured: only the bot's own identity will be kept fresh")
     run_bot(cfg, pid_file=pid_file)
@@ -240,6 +244,7 @@ class ProxyOpts:
 
     proxy: str
     destination_dir: str
+    cluster: str
 
 
 @proxy_app.callback()
@@ -254,10 +259,10 @@ def _proxy_root(
     cluster: str = typer.Option("", "--cluster", help="Cluster name (the certificate's cluster)"),
 ) -> None:
     """Start a local proxy to a database or an application."""
-    ctx.obj = ProxyOpts(proxy=proxy_server, destination_dir=destination_dir)
+    ctx.obj = ProxyOpts(proxy=proxy_server, destination_dir=destination_dir, cluster=cluster)
 
 
-def _proxy_opts(ctx: typer.Context) -> tuple[str, str]:
+def _proxy_opts(ctx: typer.Context) -> tuple[str, str, str]:
     from jumpgate.core.bot.proxy import resolve_destination_dir, resolve_proxy_addr
 
     opts = ctx.parent.obj if ctx.parent is not None else None
@@ -267,6 +272,7 @@ def _proxy_opts(ctx: typer.Context) -> tuple[str, str]:
     return (
         resolve_proxy_addr(opts.proxy, cfg),
         resolve_destination_dir(opts.destination_dir, cfg),
+        opts.cluster,
     )
 
 
@@ -282,9 +288,14 @@ def proxy_db(
     """Local proxy to a database, using the database output's certificate."""
     from jumpgate.core.bot.proxy import db_proxy, serve
 
-    proxy_addr, dest = _proxy_opts(ctx)
+    proxy_addr, dest, cluster = _proxy_opts(ctx)
     lp = db_proxy(
-        proxy_addr=proxy_addr, destination_dir=dest, service=service, port=port, tunnel=tunnel
+        proxy_addr=proxy_addr,
+        destination_dir=dest,
+        service=service,
+        port=port,
+        tunnel=tunnel,
+        cluster=cluster,
     )
 
     def started(host: str, bound: int) -> None:
@@ -317,8 +328,10 @@ def proxy_app_cmd(
     """Local HTTP proxy to an application, using the application output's certificate."""
     from jumpgate.core.bot.proxy import app_proxy, serve
 
-    proxy_addr, dest = _proxy_opts(ctx)
-    lp = app_proxy(proxy_addr=proxy_addr, destination_dir=dest, app=app_name, port=port)
+    proxy_addr, dest, cluster = _proxy_opts(ctx)
+    lp = app_proxy(
+        proxy_addr=proxy_addr, destination_dir=dest, app=app_name, port=port, cluster=cluster
+    )
 
     def started(host: str, bound: int) -> None:
         print(

@@ -450,7 +450,8 @@ class Bot:
         """Ready when every output holds unexpired credentials; per-output detail."""
         now = self.clock()
         services: dict[str, object] = {}
-        ready = bool(self.states)
+        # without outputs, ready means the bot's own identity is valid
+        ready = bool(self.states) or (self.ident is not None and self.ident.valid(now))
         for label, st in self.states.items():
             ok = st.expires is not None and st.expires > now
             ready = ready and ok

@@ -92,6 +92,19 @@ class DestinationCerts:
         """What the current certificate asserts."""
         return identity_from_certificate(x509.load_pem_x509_certificate(self._need(TLS_CERT)))
 
+    def check_cluster(self, cluster: str) -> None:
+        """``--cluster`` must name the cluster that issued the certificate (no leaf clusters)."""
+        if not cluster:
+            return
+        cert = x509.load_pem_x509_certificate(self._need(TLS_CERT))
+        orgs = cert.issuer.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATION_NAME)
+        issuer = str(orgs[0].value) if orgs else ""
+        if cluster != issuer:
+            raise BadParameter(
+                f"the certificate in {self.path} is for cluster {issuer!r}, not {cluster!r}",
+                hint="Jumpgate has no leaf clusters: omit --cluster",
+            )
+
 
 def _db_provider(certs: DestinationCerts, service: str) -> Callable[[], tuple[bytes, bytes]]:
     def provide() -> tuple[bytes, bytes]:
@@ -108,12 +121,19 @@ def _db_provider(certs: DestinationCerts, service: str) -> Callable[[], tuple[by
 
 
 def db_proxy(
-    *, proxy_addr: str, destination_dir: str, service: str, port: int, tunnel: bool
+    *,
+    proxy_addr: str,
+    destination_dir: str,
+    service: str,
+    port: int,
+    tunnel: bool,
+    cluster: str = "",
 ) -> LocalProxy:
     """The local proxy of ``tbot proxy db``."""
     from jumpgate.core.client.profile import normalize_proxy_addr
 
     certs = DestinationCerts(destination_dir)
+    certs.check_cluster(cluster)
     route = certs.identity().route_to_database
     if route is None:
         msg = f"{destination_dir} holds no database certificate (it is not a database output)"
@@ -158,11 +178,14 @@ class AppLocalProxy(LocalProxy):
         t.close()
 
 
-def app_proxy(*, proxy_addr: str, destination_dir: str, app: str, port: int) -> LocalProxy:
+def app_proxy(
+    *, proxy_addr: str, destination_dir: str, app: str, port: int, cluster: str = ""
+) -> LocalProxy:
     """The local proxy of ``tbot proxy app``."""
     from jumpgate.core.client.profile import normalize_proxy_addr
 
     certs = DestinationCerts(destination_dir)
+    certs.check_cluster(cluster)
     route = certs.identity().route_to_app
     if route is None or route.name != app:
         have = f" (it is for app {route.name!r})" if route else ""

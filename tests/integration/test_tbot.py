@@ -199,6 +199,10 @@ def test_oneshot_database_output_and_identity_for_tctl(
         "-i", ident_dir / "identity", f"--auth-server={cluster.web_addr}", "status", local=False
     )
     assert parse_status(status.stdout)["CA pin"] == pin
+    tsh = run(
+        [BIN / "tsh", "-i", ident_dir / "identity", f"--proxy={cluster.public_addr}", "status"]
+    )
+    assert f"Logged in as:       bot-{name}" in tsh.stdout and "machine-id-db" in tsh.stdout
 
     # a restart reuses the stored identity: no join, one renewal
     again = tbot("start", "-c", cfg, "--oneshot")
