@@ -167,14 +167,14 @@ class Bot:
                 failures = 0
             except BotDead:
                 raise
-            except JumpgateError as exc:
+            except (JumpgateError, OSError) as exc:
                 failures += 1
                 self.metrics.renewal_failures_total += 1
                 log.error(
                     "renewal failed (%d in a row): %s; retrying in about %.0fs; the last good "
                     "credentials stay in place",
                     failures,
-                    exc.message,
+                    getattr(exc, "message", None) or str(exc),
                     self._backoff(failures),
                 )
 

@@ -96,7 +96,14 @@ async def trusted_host_ca(
     Neither: trusted on first use, with a warning naming its pin.
     """
     host, port = hostport(addr)
-    cas = await fetch_host_ca(join_hostport(host, port))
+    try:
+        cas = await fetch_host_ca(join_hostport(host, port))
+    except ConnectionProblem as exc:
+        raise ConnectionProblem(
+            exc.message,
+            hint="proxy_server (or auth_server) must name the proxy's web address, HOST:PORT: "
+            "Jumpgate bots join and renew through the proxy",
+        ) from None
     pins = [p for p in ca_pins if p.strip()]
     if pins:
         try:

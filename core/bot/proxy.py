@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable
 
 from cryptography import x509
@@ -27,7 +28,7 @@ from jumpgate.core.bot.config import BotConfig
 from jumpgate.core.bot.destinations import DirectoryDestination
 from jumpgate.core.bot.outputs import HOST_CA, KEY, TLS_CERT
 from jumpgate.core.client.localproxy import LocalProxy
-from jumpgate.core.errors import BadParameter, ConfigError, NotFound
+from jumpgate.core.errors import BadParameter, ConfigError, JumpgateError, NotFound
 from jumpgate.core.relay import Handshake
 from jumpgate.core.tlsca import Identity, identity_from_certificate
 
@@ -81,8 +82,20 @@ class DestinationCerts:
         return data
 
     def pair(self) -> tuple[bytes, bytes]:
-        """(certificate PEM, key PEM)."""
-        return self._need(TLS_CERT), self._need(KEY)
+        """(certificate PEM, key PEM) that belong together.
+
+        tbot replaces ``key`` and ``tlscert`` one after the other; a read between
+        the two renames sees a new key with an old certificate, so read again.
+        """
+        for _ in range(20):
+            cert, key = self._need(TLS_CERT), self._need(KEY)
+            if _matches(cert, key):
+                return cert, key
+            time.sleep(0.05)
+        raise BadParameter(
+            f"the key in {self.path} does not belong to its certificate",
+            hint="is the destination written by more than one tbot?",
+        )
 
     def host_ca(self) -> bytes:
         """The cluster's host CA (to verify the proxy)."""
@@ -104,6 +117,20 @@ class DestinationCerts:
                 f"the certificate in {self.path} is for cluster {issuer!r}, not {cluster!r}",
                 hint="Jumpgate has no leaf clusters: omit --cluster",
             )
+
+
+def _matches(cert_pem: bytes, key_pem: bytes) -> bool:
+    from cryptography.hazmat.primitives import serialization
+
+    from jumpgate.core.tlsca import load_private_key
+
+    try:
+        cert_pub = x509.load_pem_x509_certificate(cert_pem).public_key()
+        key_pub = load_private_key(key_pem).public_key()
+    except (ValueError, JumpgateError):
+        return False
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return bool(cert_pub.public_bytes(*fmt) == key_pub.public_bytes(*fmt))
 
 
 def _db_provider(certs: DestinationCerts, service: str) -> Callable[[], tuple[bytes, bytes]]:
