@@ -25,6 +25,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -70,10 +71,12 @@ class PostgresFrontend:
         registry: TunnelRegistry,
         locate: Locator,
         inner_context: Callable[[], ssl.SSLContext],
+        audit: Callable[..., Any] | None = None,
     ) -> None:
         self.registry = registry
         self.locate = locate
         self.inner_context = inner_context
+        self.audit = audit
         self._cancel: OrderedDict[tuple[int, int], CancelTarget] = OrderedDict()
         self.sessions_started = 0
 
@@ -154,6 +157,25 @@ class PostgresFrontend:
                 continue
             assert isinstance(packet, StartupMessage)
             break
+        if identity is not None and identity.expires is not None:
+            now = datetime.now(UTC)
+            if identity.expires <= now:
+                reason = (
+                    f"your database certificate expired at {identity.expires:%Y-%m-%d %H:%M:%S} UTC"
+                )
+                log.info("postgres: refused %s from %s: %s", identity.username, client_addr, reason)
+                if self.audit is not None:
+                    route = identity.route_to_database
+                    self.audit(
+                        "db.session.start",
+                        success=False,
+                        user=identity.username,
+                        db_service=route.service_name if route else "",
+                        addr=client_addr,
+                        error=f"certificate has expired: {reason}",
+                    )
+                self._fail(hs, reason, hint="get a new one: tsh db login (or tbot renews it)")
+                return
         if identity is None or identity.route_to_database is None:
             self._fail(
                 hs,

@@ -18,6 +18,9 @@ from jumpgate.core.proxy.web import ClusterInfo, WebAPI
 
 log = logging.getLogger(__name__)
 
+#: OpenSSL's X509_V_FLAG_NO_CHECK_TIME: verify the chain but leave validity dates to us
+X509_V_FLAG_NO_CHECK_TIME = 0x200000
+
 #: ALPN prefix of the auth API pass-through (``teleport-auth@<cluster>``).
 AUTH_ALPN_PREFIX = "teleport-auth@"
 
@@ -70,6 +73,9 @@ class ProxyService:
         self._contexts: dict[tuple[str, str], ssl.SSLContext] = {}
         #: protocols whose TLS handshake must carry a client certificate
         self.require_client_cert: set[str] = set()
+        #: protocols whose handlers check certificate expiry themselves after the handshake,
+        #: so the client gets a message in its own protocol instead of a dropped connection
+        self.check_expiry_after_handshake: set[str] = set()
         self.host_ca_pem = host_ca_pem
         self.user_ca_pem = user_ca_pem
         self._inner_ctx: ssl.SSLContext | None = None
@@ -111,6 +117,8 @@ class ProxyService:
             ssl.CERT_REQUIRED if protocol in self.require_client_cert else ssl.CERT_OPTIONAL
         )
         ctx.set_alpn_protocols([protocol])
+        if protocol in self.check_expiry_after_handshake:
+            ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
         if len(self._contexts) > 1024:
             self._contexts.clear()
         self._contexts[key] = ctx
@@ -152,8 +160,12 @@ class ProxyService:
         )
         self.require_client_cert.add(ALPN_REVERSE_TUNNEL)
         self.postgres = PostgresFrontend(
-            registry=self.tunnels, locate=self._locate_db, inner_context=self._inner_db_context
+            registry=self.tunnels,
+            locate=self._locate_db,
+            inner_context=self._inner_db_context,
+            audit=getattr(getattr(self.info, "audit", None), "emit", None),
         )
+        self.check_expiry_after_handshake.add(ALPN_POSTGRES)
         self.router.add_tls_route(ALPN_POSTGRES, self.postgres.protocol_factory())
 
     def _inner_db_context(self) -> ssl.SSLContext:
@@ -164,6 +176,7 @@ class ProxyService:
             ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
             ctx.load_verify_locations(cadata=self.user_ca_pem.decode())
             ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME  # expiry is checked after, with a message
             self._inner_ctx = ctx
         return self._inner_ctx
 
