@@ -97,6 +97,9 @@ def _mkdirs(path: Path, root: Path) -> None:
         if p == root or p.parent == p:
             break
         p = p.parent
+    if not root.parent.exists():
+        # parents of TELEPORT_HOME itself are ordinary directories (e.g. ~/.config)
+        root.parent.mkdir(parents=True, exist_ok=True)
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
             d.mkdir(mode=0o700)
