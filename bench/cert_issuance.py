@@ -8,6 +8,9 @@ a temporary data directory, listening on free loopback ports), creates the user
 identity over keep-alive mutual-TLS connections. Every call asks for a database
 certificate (``route_to_database``), so the server does the full path: user
 lookup, RBAC checker, lock check, ECDSA signing and a ``cert.create`` audit event.
+Each call passes ``"cas": false`` (the client already holds the cluster's CA
+certificates, so only the new certificate needs to come back); ``--with-cas``
+asks for the four CA bundles in every response too, as tctl and tsh do.
 
 Client modes (``--client``), all over keep-alive connections, one per client:
 
@@ -242,10 +245,16 @@ class Stats:
         self.end = 0.0  # perf_counter() when the phase ended
 
 
-def _body(key: str) -> bytes:
-    return json.dumps(
-        {"username": "bench", "public_key": key, "ttl": 3600, "route_to_database": ROUTE}
-    ).encode()
+def _body(key: str, *, with_cas: bool = False) -> bytes:
+    params: dict[str, Any] = {
+        "username": "bench",
+        "public_key": key,
+        "ttl": 3600,
+        "route_to_database": ROUTE,
+    }
+    if not with_cas:
+        params["cas"] = False  # the client holds the CAs already: only the certificate back
+    return json.dumps(params).encode()
 
 
 async def _run_aiohttp(
@@ -457,7 +466,7 @@ def run_threads(
     from jumpgate.core.auth.client import AuthClient
 
     client = AuthClient(addr, ident)
-    keys = [json.loads(b)["public_key"] for b in bodies]
+    calls = [json.loads(b) for b in bodies]
     warm, meas = Stats(), Stats()
     phase: dict[str, Any] = {"stats": warm, "stop": False}
     lock = threading.Lock()
@@ -465,18 +474,12 @@ def run_threads(
     def worker(i: int) -> None:
         n = i
         while not phase["stop"]:
-            key = keys[n % len(keys)]
+            params = calls[n % len(calls)]
             n += concurrency
             st: Stats = phase["stats"]
             t0 = time.perf_counter()
             try:
-                client.call(
-                    "certs.user",
-                    username="bench",
-                    public_key=key,
-                    ttl=3600,
-                    route_to_database=ROUTE,
-                )
+                client.call("certs.user", **params)
                 dt = time.perf_counter() - t0
                 with lock:
                     st.ok += 1
@@ -593,6 +596,11 @@ def main() -> int:
     ap.add_argument(
         "--keys", type=int, default=256, help="size of the pre-generated P-256 key pool"
     )
+    ap.add_argument(
+        "--with-cas",
+        action="store_true",
+        help="ask for the CA certificates in every response too (as tctl/tsh do by default)",
+    )
     ap.add_argument("--json-out", type=Path, help="also write the JSON summary here")
     ap.add_argument("--profile", action="store_true", help="sample the server with py-spy")
     ap.add_argument("--keep", action="store_true", help="keep the temporary cluster directory")
@@ -624,7 +632,7 @@ def main() -> int:
         )
 
         kt = time.perf_counter()
-        bodies = [_body(k) for k in make_key_pool(args.keys)]
+        bodies = [_body(k, with_cas=args.with_cas) for k in make_key_pool(args.keys)]
         print(
             f"key pool: {args.keys} P-256 public keys pre-generated in {time.perf_counter() - kt:.2f}s"
         )
@@ -678,6 +686,7 @@ def main() -> int:
         summary: dict[str, Any] = {
             "benchmark": "cert_issuance",
             "client": args.client,
+            "with_cas": args.with_cas,
             "concurrency": args.concurrency,
             "seconds": round(elapsed, 3),
             "issued": meas.ok,

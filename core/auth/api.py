@@ -203,7 +203,7 @@ class AuthAPI:
                 ctx.require(method.kind, method.verb)
             body = await read_body()
             try:
-                params = json.loads(body) if body else {}
+                params = _loads(body) if body else {}
             except ValueError:
                 raise BadParameter("request body is not JSON") from None
             if not isinstance(params, dict):
@@ -231,6 +231,14 @@ class AuthAPI:
 _RESULT_HEAD = b'{"result":'
 
 
+def _loads(body: bytes) -> Any:
+    """``json.loads(body)``, minus the encoding sniffing for the usual UTF-8 object."""
+    if body[:1] == b"{" and body[1:2] != b"\x00":
+        # what json.detect_encoding decides for such a body; json.loads decodes so too
+        return json.loads(body.decode("utf-8", "surrogatepass"))
+    return json.loads(body)
+
+
 def _peer_der(transport: asyncio.BaseTransport | None) -> bytes | None:
     ssl_obj = transport.get_extra_info("ssl_object") if transport else None
     der: bytes | None = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
@@ -255,7 +263,7 @@ IDLE_TIMEOUT = 75.0
 #: A request must arrive completely (head and body) within this long of its first byte.
 REQUEST_TIMEOUT = 60.0
 #: On shutdown, requests in progress get this long to finish before they are cancelled.
-SHUTDOWN_GRACE = 10.0
+SHUTDOWN_GRACE = 2.0
 
 _REASONS = {
     200: "OK",
@@ -414,6 +422,7 @@ class _ApiProtocol(asyncio.Protocol):
         self._read_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_kind = ""
+        self._deadline = 0.0
         self._head: _Head | None = None
         self._closed = False
         self.lost: asyncio.Future[None] = self._loop.create_future()
@@ -433,13 +442,14 @@ class _ApiProtocol(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
         self._transport = None
-        self._disarm()
+        self._cancel_timer()
         self._server.connections.discard(self)
         self._buf.clear()
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        if self._busy:
+        if self._busy or self._write_paused:
+            # not parsing now: stop reading once a whole request's worth is buffered
             if len(self._buf) > MAX_HEAD + MAX_BODY and not self._read_paused:
                 assert self._transport is not None
                 self._transport.pause_reading()
@@ -453,7 +463,13 @@ class _ApiProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         if not self._busy:
+            self._resume_reading()
             self._next()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and self._transport is not None:
+            self._read_paused = False
+            self._transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         if not self._busy:
@@ -461,25 +477,36 @@ class _ApiProtocol(asyncio.Protocol):
         return None
 
     # -- timers
+    # One lazily re-scheduled timer per connection: arming only moves a deadline, so a
+    # busy keep-alive connection does not create and cancel a timer per request.
     def _arm(self, kind: str) -> None:
         if self._timer_kind == kind:
-            return
-        self._disarm()
+            return  # a request keeps the deadline of its first byte
         self._timer_kind = kind
-        delay = IDLE_TIMEOUT if kind == "idle" else REQUEST_TIMEOUT
-        self._timer = self._loop.call_later(delay, self._timed_out)
+        self._deadline = self._loop.time() + (IDLE_TIMEOUT if kind == "idle" else REQUEST_TIMEOUT)
+        if self._timer is None or self._timer.when() > self._deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(self._deadline, self._timed_out)
 
     def _disarm(self) -> None:
+        self._timer_kind = ""
+
+    def _cancel_timer(self) -> None:
+        self._timer_kind = ""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._timer_kind = ""
 
     def _timed_out(self) -> None:
         self._timer = None
-        kind, self._timer_kind = self._timer_kind, ""
-        if self._transport is None or self._busy:
+        kind = self._timer_kind
+        if not kind or self._transport is None or self._busy:
+            return  # disarmed: the next _arm schedules again
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._timed_out)
             return
+        self._timer_kind = ""
         if kind == "request":
             self._send(
                 _response(408, b"408: Request Timeout", keep_alive=False, content_type=_TEXT_TYPE)
@@ -489,14 +516,14 @@ class _ApiProtocol(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection (after pending writes)."""
         self._closed = True
-        self._disarm()
+        self._cancel_timer()
         if self._transport is not None:
             self._transport.close()
 
     def abort(self) -> None:
         """Drop the connection at once."""
         self._closed = True
-        self._disarm()
+        self._cancel_timer()
         if self._transport is not None:
             self._transport.abort()
 
@@ -515,6 +542,9 @@ class _ApiProtocol(asyncio.Protocol):
     def _next(self) -> None:
         """Start the next complete request in the buffer, if any."""
         if self._busy or self._closed or self._transport is None or self._write_paused:
+            return
+        if not self._buf:
+            self._arm("idle")
             return
         try:
             req = self._parse()
@@ -556,8 +586,9 @@ class _ApiProtocol(asyncio.Protocol):
                 length = int(cl)
                 if length > MAX_BODY:
                     raise _HttpError(413, f"the request body is larger than {MAX_BODY} bytes")
-            conn = _tokens(headers.get("connection", ""))
-            keep_alive = "keep-alive" in conn if http10 else "close" not in conn
+            conn = headers.get("connection")
+            tokens = _tokens(conn) if conn else set()
+            keep_alive = "keep-alive" in tokens if http10 else "close" not in tokens
             expect = not http10 and headers.get("expect", "").lower() == "100-continue"
             head = self._head = _Head(method, target, http10, keep_alive, expect, end + 4, length)
         if head.length >= 0:
@@ -652,9 +683,8 @@ class _ApiProtocol(asyncio.Protocol):
         if not keep_alive:
             self.close()
             return
-        if self._read_paused:
-            self._read_paused = False
-            self._transport.resume_reading()
+        if not self._write_paused:
+            self._resume_reading()
         self._next()
 
     async def _respond(self, req: _Request) -> tuple[int, bytes, bytes, bytes]:
@@ -694,14 +724,21 @@ class ApiServer:
     """A listening :class:`AuthAPI` (see :func:`start_api_server`).
 
     ``addresses`` lists the bound socket addresses; :meth:`cleanup` stops
-    listening, lets requests in progress finish (up to :data:`SHUTDOWN_GRACE`
-    seconds) and closes every connection. The interface matches what the
+    listening, lets requests in progress finish (up to ``shutdown_timeout``
+    seconds, then cancels them) and closes every connection. The interface matches what the
     daemon uses of an ``aiohttp.web.AppRunner``.
     """
 
-    def __init__(self, api: AuthAPI, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        api: AuthAPI,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        shutdown_timeout: float = SHUTDOWN_GRACE,
+    ) -> None:
         self.api = api
         self.loop = loop
+        self.shutdown_timeout = shutdown_timeout
         self.connections: set[_ApiProtocol] = set()
         self.closing = False
         self._server: asyncio.Server | None = None
@@ -725,7 +762,7 @@ class ApiServer:
             else:
                 conn.close()
         if busy:
-            _done, pending = await asyncio.wait(busy, timeout=SHUTDOWN_GRACE)
+            _done, pending = await asyncio.wait(busy, timeout=self.shutdown_timeout)
             for task in pending:
                 task.cancel()
             if pending:
@@ -753,13 +790,19 @@ async def start_api_server(
     ssl_context: ssl.SSLContext,
     reuse_address: bool = True,
     reuse_port: bool = False,
+    shutdown_timeout: float = SHUTDOWN_GRACE,
 ) -> ApiServer:
-    """Listen on ``host:port`` (TLS with ``ssl_context``) and serve ``api``."""
+    """Listen on ``host:port`` (TLS with ``ssl_context``) and serve ``api``.
+
+    ``host`` None or ``""`` listens on every interface. Raises OSError when the
+    address cannot be bound. ``shutdown_timeout`` is how long
+    :meth:`ApiServer.cleanup` lets requests in progress finish.
+    """
     loop = asyncio.get_running_loop()
-    server = ApiServer(api, loop)
+    server = ApiServer(api, loop, shutdown_timeout=shutdown_timeout)
     server._server = await loop.create_server(
         lambda: _ApiProtocol(server),
-        host,
+        host or None,
         port,
         ssl=ssl_context,
         reuse_address=reuse_address,

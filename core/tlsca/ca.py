@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import secrets
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -24,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jumpgate.core.errors import AccessDenied, BadParameter, NotFound
 from jumpgate.core.tlsca.der import (
     LeafTemplate,
+    RandomPool,
     der_name,
     der_to_pem,
     extension_der,
@@ -85,9 +85,13 @@ def _aware(t: datetime, what: str) -> datetime:
     return t
 
 
+_SERIAL_RANDOM = RandomPool()
+
+
 def _random_serial() -> int:
+    """A random, non-zero, positive 128-bit serial number."""
     while True:
-        serial = secrets.randbits(128)
+        serial = int.from_bytes(_SERIAL_RANDOM.take(16), "big")
         if serial:
             return serial
 

@@ -986,3 +986,80 @@ def test_http_access_denied_is_audited(tmp_path: Path) -> None:
         assert re.fullmatch(r"127\.0\.0\.1:\d+", events[-1]["addr"])
 
     run_served(tmp_path, body)
+
+
+def test_random_pools() -> None:
+    from jumpgate.core.tlsca.der import RandomPool
+
+    pool = RandomPool(chunk=64)
+    seen = {pool.take(16) for _ in range(100)}
+    assert len(seen) == 100 and all(len(b) == 16 for b in seen)
+    pool._reset()  # what a forked child does: nothing of the parent's bytes is reused
+    assert pool.take(16) not in seen
+    serials = {ca_mod._random_serial() for _ in range(1000)}
+    assert len(serials) == 1000 and all(0 < s < 2**128 for s in serials)
+    uids = {audit_mod._uuid4() for _ in range(1000)}
+    assert len(uids) == 1000 and all(uuid.UUID(u).version == 4 for u in uids)
+
+
+class _FakeTransport:
+    """Enough of a TLS transport for driving _ApiProtocol by hand."""
+
+    def __init__(self, der: bytes) -> None:
+        self.der = der
+        self.out: list[bytes] = []
+        self.reading = True
+        self.closed = False
+
+    def get_extra_info(self, key: str, default: Any = None) -> Any:
+        ssl_obj = mock.Mock()
+        ssl_obj.getpeercert.return_value = self.der
+        return {"ssl_object": ssl_obj, "peername": ("127.0.0.1", 4242)}.get(key, default)
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+def test_http_flow_control(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_mod, "MAX_HEAD", 64)
+    monkeypatch.setattr(api_mod, "MAX_BODY", 64)
+
+    async def main() -> None:
+        auth = AuthServer(MemoryBackend(), cluster_name="example.com")
+        await auth.start()
+        admin = auth.generate_host_cert(public_key=_p256_pem(), host_id="admin.x", role="Admin")
+        der = x509.load_pem_x509_certificate(admin.cert_pem).public_bytes(
+            serialization.Encoding.DER
+        )
+        server = api_mod.ApiServer(AuthAPI(auth), asyncio.get_running_loop())
+        proto = api_mod._ApiProtocol(server)
+        transport = _FakeTransport(der)
+        proto.connection_made(transport)  # type: ignore[arg-type]
+        ping = _PARITY["ping"]
+        # the peer stops reading our responses: we stop parsing and, past a
+        # request's worth of buffered bytes, stop reading
+        proto.pause_writing()
+        for _ in range(10):
+            proto.data_received(ping)
+        assert transport.out == [] and not transport.reading
+        proto.resume_writing()  # answers the first request, then one by one the rest
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert len(transport.out) == 10 and transport.reading
+        assert all(o.startswith(b"HTTP/1.1 200 OK\r\n") for o in transport.out)
+        proto.connection_lost(None)
+        await auth.close()
+
+    asyncio.run(main())
