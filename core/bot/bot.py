@@ -95,10 +95,12 @@ class Bot:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.backoff_base = backoff_base
         self.storage = BotStorage(make_destination(cfg.storage))
-        self.outputs: list[tuple[AnyOutput, DirectoryDestination | MemoryDestination]] = [
-            (o, make_destination(o.destination)) for o in cfg.outputs
-        ]
-        self.states = {o.label(): OutputState(o.label()) for o in cfg.outputs}
+        self.outputs: list[tuple[AnyOutput, DirectoryDestination | MemoryDestination, str]] = []
+        self.states: dict[str, OutputState] = {}
+        for i, o in enumerate(cfg.outputs, 1):
+            label = o.label() if o.label() not in self.states else f"{o.label()} #{i}"
+            self.outputs.append((o, make_destination(o.destination), label))
+            self.states[label] = OutputState(label)
         self.metrics = Metrics()
         #: Set it (SIGHUP, SIGUSR1) to renew now.
         self.reload = asyncio.Event()
@@ -117,15 +119,16 @@ class Bot:
         self.storage.init()
         self.storage.lock()
         try:
-            await self._startup()
+            failed = await self._startup()
             if self.cfg.oneshot:
                 log.info("oneshot: every output has been written; exiting")
                 return
-            await self._loop()
+            await self._loop(failures=1 if failed else 0)
         finally:
             self.storage.unlock()
 
-    async def _startup(self) -> None:
+    async def _startup(self) -> list[str]:
+        """Identity and first outputs; the labels of outputs that failed (daemon mode)."""
         attempt = 0
         while True:
             try:
@@ -139,7 +142,7 @@ class Bot:
                 delay = self._backoff(attempt)
                 log.warning("cannot reach the cluster (%s); retrying in %.0fs", exc.message, delay)
                 if await self._wait(delay) == "stop":
-                    return
+                    return []
         failed = await self.refresh_outputs()
         if failed and self.cfg.oneshot:
             raise JumpgateError(
@@ -148,9 +151,9 @@ class Bot:
                 hint="check the bot's roles (tctl bots update NAME --add-roles=...) and the "
                 "output settings",
             )
+        return failed
 
-    async def _loop(self) -> None:
-        failures = 0
+    async def _loop(self, failures: int = 0) -> None:
         while True:
             delay = (
                 self.cfg.renewal_interval.total_seconds()
@@ -337,8 +340,8 @@ class Bot:
         failed: list[str] = []
         api = self._api(self.ident.ident_file())
         try:
-            for out, dest in self.outputs:
-                state = self.states[out.label()]
+            for out, dest, label in self.outputs:
+                state = self.states[label]
                 try:
                     creds = await self._credentials(api, out)
                     files = outfiles.render(out, creds)
