@@ -81,7 +81,8 @@ async def join_cluster(
     """Join through the proxy and return the new host identity."""
     if not token:
         raise BadParameter(
-            "no join token configured", hint="set teleport.join_params.token_name (a value or a file path)"
+            "no join token configured",
+            hint="set teleport.join_params.token_name (a value or a file path)",
         )
     cas = await fetch_host_ca(proxy_addr)
     pins = [p for p in ca_pins if p]

@@ -42,7 +42,10 @@ class AsyncAuthClient:
         url = f"https://{host}:{self.port}/v1/rpc/{method}"
         try:
             async with self._sess().post(
-                url, data=json.dumps(params), server_hostname=API_DOMAIN, headers={"Content-Type": "application/json"}
+                url,
+                data=json.dumps(params),
+                server_hostname=API_DOMAIN,
+                headers={"Content-Type": "application/json"},
             ) as resp:
                 body = await resp.read()
         except aiohttp.ClientSSLError as exc:
@@ -51,11 +54,15 @@ class AsyncAuthClient:
                 hint="the agent's certificate may be expired or from another cluster",
             ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ConnectionProblem(f"cannot reach the auth service at {self.addr}: {exc}") from None
+            raise ConnectionProblem(
+                f"cannot reach the auth service at {self.addr}: {exc}"
+            ) from None
         try:
             payload = json.loads(body)
         except ValueError:
-            raise ConnectionProblem(f"{self.addr} answered HTTP {resp.status} without JSON") from None
+            raise ConnectionProblem(
+                f"{self.addr} answered HTTP {resp.status} without JSON"
+            ) from None
         if "error" in payload:
             raise from_dict(payload["error"])
         return payload.get("result")
