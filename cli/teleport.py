@@ -105,7 +105,9 @@ def configure(
     auth_listen_addr: str = typer.Option(
         "0.0.0.0:3025", "--auth-listen-addr", help="Auth API listen address"
     ),
-    second_factor: str = typer.Option("off", "--second-factor", help="off, otp, webauthn, on or optional"),
+    second_factor: str = typer.Option(
+        "off", "--second-factor", help="off, otp, webauthn, on or optional"
+    ),
 ) -> None:
     """Write a teleport.yaml for an all-in-one node (auth + proxy)."""
     import socket

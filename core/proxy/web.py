@@ -84,7 +84,8 @@ class WebAPI:
             r.add_get(f"{prefix}/webapi/find", self.find)
             r.add_get(f"{prefix}/webapi/auth/export", self.auth_export)
             r.add_get(
-                f"{prefix}/webapi/automaticupgrades/channel/{{channel}}/version", self.upgrade_version
+                f"{prefix}/webapi/automaticupgrades/channel/{{channel}}/version",
+                self.upgrade_version,
             )
         r.add_get("/.well-known/jwks.json", self.jwks)
         if hasattr(info, "store"):  # the auth service runs in this process
