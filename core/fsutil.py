@@ -8,12 +8,15 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0o600) -> None:
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0o600, durable: bool = True
+) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename.
 
     The file is created with ``mode`` from the start (never world-readable in
     between) and the directory entry is fsynced so a crash leaves either the old
-    or the new content, never a mix.
+    or the new content, never a mix. ``durable=False`` skips the fsyncs (still
+    atomic for readers) for frequently rewritten, disposable files such as status files.
     """
     p = Path(path)
     raw = data.encode() if isinstance(data, str) else data
@@ -23,13 +26,15 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int =
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         Path(tmp).replace(p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             Path(tmp).unlink()
         raise
-    fsync_dir(p.parent)
+    if durable:
+        fsync_dir(p.parent)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
