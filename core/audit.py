@@ -4,9 +4,10 @@ Events are plain JSON objects in Teleport's shape (``event``, ``code``, ``time``
 ``uid``, ``cluster_name`` plus event-specific fields such as ``user``,
 ``db_service`` or ``success``). ``emit`` never blocks the caller: events are
 queued and written in batches by one background task, so auditing adds little to
-hot paths such as certificate issuance. With the SQLite backend the batches are
-written by a dedicated writer thread (sqlite releases the GIL while it works),
-so the event loop does not wait for the disk; :meth:`AuditLog.flush` (and
+hot paths such as certificate issuance (the writer stores at most one batch per
+:data:`BATCH_INTERVAL`). With the SQLite backend the batches are written by a
+dedicated writer thread (sqlite releases the GIL while it works), so the event
+loop does not wait for the disk; :meth:`AuditLog.flush` (and
 therefore :meth:`~AuditLog.search` and :meth:`~AuditLog.close`) still returns
 only once every event emitted before it is stored.
 """
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 EVENTS_PREFIX = "/events/"
 #: How long events are kept in the backend.
 DEFAULT_RETENTION = timedelta(days=365)
+#: The background writer stores a batch at most this often (seconds): under load the
+#: events of this interval share one transaction. ``flush()`` does not wait for it.
+BATCH_INTERVAL = 0.02
 
 # Teleport's event codes for the events Jumpgate emits (lib/events/codes.go).
 CODES: dict[str, str] = {
@@ -226,6 +230,7 @@ class AuditLog:
             await self._wakeup.wait()
             self._wakeup.clear()
             await self.flush()
+            await asyncio.sleep(BATCH_INTERVAL)  # let the next batch gather
 
     async def flush(self) -> None:
         """Write every queued event now; returns once all events emitted so far are stored.
