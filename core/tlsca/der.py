@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
 __all__ = [
@@ -107,17 +108,31 @@ def der_time(t: datetime) -> bytes:
     """
     if t.tzinfo is not None and t.utcoffset():
         t = t.astimezone(UTC)
-    year = t.year
+    key = (t.year, t.month, t.day, t.hour, t.minute, t.second)
+    der = _time_cache.get(key)
+    if der is None:
+        der = _encode_time(*key)
+        if len(_time_cache) >= 64:
+            _time_cache.clear()
+        _time_cache[key] = der
+    return der
+
+
+#: Recent encodings: consecutive certificates share their validity seconds.
+_time_cache: dict[tuple[int, int, int, int, int, int], bytes] = {}
+
+
+def _encode_time(year: int, month: int, day: int, hour: int, minute: int, second: int) -> bytes:
     if year in _UTC_TIME_YEARS:
         return b"\x17\x0d" + (
             "%02d%02d%02d%02d%02d%02dZ"  # noqa: UP031 - the fastest formatting here
-            % (year % 100, t.month, t.day, t.hour, t.minute, t.second)
+            % (year % 100, month, day, hour, minute, second)
         ).encode("ascii")
     if year < 1950:
         raise ValueError("certificate times before 1950 cannot be encoded")
     return b"\x18\x0f" + (
         "%04d%02d%02d%02d%02d%02dZ"  # noqa: UP031
-        % (year, t.month, t.day, t.hour, t.minute, t.second)
+        % (year, month, day, hour, minute, second)
     ).encode("ascii")
 
 
@@ -224,7 +239,9 @@ _VERSION_V3 = bytes.fromhex("a003020102")
 _ECDSA_SHA256 = tlv(_SEQUENCE, _der_oid(SignatureAlgorithmOID.ECDSA_WITH_SHA256))
 _CRITICAL = bytes.fromhex("0101ff")
 _SKI_OID = _der_oid(ExtensionOID.SUBJECT_KEY_IDENTIFIER)
-_ECDSA_SHA256_ALG = ec.ECDSA(hashes.SHA256())
+# ECDSA over SHA-256(tbs); the digest comes from hashlib, a little cheaper than
+# letting sign() hash (same signature: ECDSA signs the SHA-256 digest either way)
+_ECDSA_PREHASHED_SHA256 = ec.ECDSA(Prehashed(hashes.SHA256()))
 
 
 def _extension(oid: x509.ObjectIdentifier, value_der: bytes, *, critical: bool) -> bytes:
@@ -339,7 +356,7 @@ class LeafTemplate:
 
     def sign(self, tbs: bytes) -> bytes:
         """The DER certificate: ``tbs`` signed with the CA key (ECDSA with SHA-256)."""
-        sig = self._key.sign(tbs, _ECDSA_SHA256_ALG)
+        sig = self._key.sign(hashlib.sha256(tbs).digest(), _ECDSA_PREHASHED_SHA256)
         return tlv(_SEQUENCE, tbs + self._sig_alg + tlv(_BIT_STRING, b"\x00" + sig))
 
 
