@@ -53,6 +53,7 @@ from tests.integration.conftest import (
     run,
     tail,
 )
+from tests.integration.dbhelpers import tsh, tsh_env  # the shared tsh runners
 from tests.pg_fixture import PgServer, _chown_tree, ensure_pg_user, require_pg_bin
 
 pytestmark = pytest.mark.postgres
@@ -67,37 +68,6 @@ STOP_TIMEOUT = 60.0
 
 
 # --------------------------------------------------------------------------- helpers
-def tsh_env(home: Path) -> dict[str, str]:
-    env = cli_env()
-    env["TELEPORT_HOME"] = str(home)
-    env["PGSERVICEFILE"] = str(home.parent / "pg_service.conf")
-    return env
-
-
-def tsh(
-    home: Path, *args: str, input: str | None = None, check: bool = True, timeout: float = 30.0
-) -> subprocess.CompletedProcess[str]:
-    """The real ``tsh`` with ``TELEPORT_HOME=home``; with ``check`` require exit 0."""
-    proc = subprocess.run(
-        [TSH, *args],
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=tsh_env(home),
-        timeout=timeout,
-        check=False,
-    )
-    assert_clean_stderr(proc)
-    if check and proc.returncode != 0:
-        pytest.fail(
-            f"tsh {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}"
-            f"\n--- stderr\n{proc.stderr}",
-            pytrace=False,
-        )
-    return proc
-
-
 def invite_url(out: str) -> str:
     urls = re.findall(r"https://\S+/web/invite/[0-9a-f]+", out)
     assert len(urls) == 1, out
