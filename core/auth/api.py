@@ -112,9 +112,13 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialize {type(obj).__name__}")
 
 
+_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+
+
 def dumps(obj: Any) -> str:
-    """JSON for API responses."""
-    return json.dumps(obj, default=_json_default, separators=(",", ":"))
+    """JSON for API responses (what ``json.dumps(obj, default=..., separators=(",", ":"))``
+    returns, without building an encoder per call)."""
+    return _ENCODER.encode(obj)
 
 
 _JSON = "application/json"
