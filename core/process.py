@@ -274,20 +274,19 @@ class TeleportProcess:
             client_ca_pem=client_cas,
             alpn=["http/1.1", f"teleport-auth@{auth.cluster_name}"],
         )
-        from aiohttp import web  # daemon-only dependency
+        from jumpgate.core.auth.api import start_api_server
 
         api = AuthAPI(auth)
         import jumpgate.core.auth.methods  # registers the API methods
         import jumpgate.core.auth.methods_bot
         import jumpgate.core.auth.methods_db  # noqa: F401
 
-        runner = web.AppRunner(api.app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        site = web.TCPSite(runner, host or None, port, ssl_context=ctx, reuse_address=True)
         try:
-            await site.start()
+            # the project's lean HTTP/1.1 server (about a third of aiohttp's per-request cost)
+            runner = await start_api_server(
+                api, host or None, port, ssl_context=ctx, shutdown_timeout=2.0
+            )
         except OSError as exc:
-            await runner.cleanup()
             raise ConfigError(
                 f"auth_service.listen_addr {host}:{port}: {exc.strerror or exc}",
                 hint="another process may be using the port; pick another listen_addr",

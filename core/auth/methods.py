@@ -383,7 +383,10 @@ async def certs_user(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
         login_ip=ctx.client_addr.rsplit(":", 1)[0],
         strict_ttl=bool(params.get("strict_ttl")),
     )
-    return issued.to_wire()
+    wire = issued.to_wire()
+    if params.get("cas") is False:  # the caller already holds the cluster's CAs
+        return {"cert": wire["cert"]}
+    return wire
 
 
 @rpc("certs.db_server")

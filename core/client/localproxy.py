@@ -383,21 +383,14 @@ class LocalProxy:
         t.close()
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    """A uvloop loop when available (the relay costs about half the CPU on it)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - non-Linux
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 class ThreadedLocalProxy:
     """Run a :class:`LocalProxy` on its own event loop in a daemon thread (``tsh db connect``)."""
 
     def __init__(self, proxy: LocalProxy) -> None:
         self.proxy = proxy
-        self._loop = _new_loop()
+        # the default loop here: uvloop's close() fails (EBUSY) while a client transport
+        # is still closing when tsh db connect ends; tsh proxy db runs on uvloop
+        self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="localproxy", daemon=True)
 
     def _run(self) -> None:
