@@ -26,6 +26,7 @@ from jumpgate.core.backend import Backend
 from jumpgate.core.durations import format_duration
 from jumpgate.core.errors import AccessDenied, AlreadyExists, BadParameter, ConfigError, NotFound
 from jumpgate.core.rbac import AccessChecker
+from jumpgate.core.rbac.locks import lock_applies
 from jumpgate.core.resources import CertAuthority as CAResource
 from jumpgate.core.resources import (
     ClusterName,
@@ -315,12 +316,7 @@ class AuthServer:
         for lock in self.store.cached_as(Lock).values():
             if lock.is_expired(now):
                 continue
-            target = lock.spec.target
-            if target.user and target.user in (identity.username, identity.impersonator):
-                return lock
-            if target.role and target.role in identity.groups:
-                return lock
-            if target.bot_instance_id and target.bot_instance_id == identity.bot_instance_id:
+            if lock_applies(lock.spec.target.model_dump(), identity):
                 return lock
         return None
 

@@ -20,6 +20,7 @@ from jumpgate.core.auth.aclient import AsyncAuthClient
 from jumpgate.core.auth.identityfile import IdentityFile
 from jumpgate.core.config.services import Database as DatabaseConfig
 from jumpgate.core.errors import ConfigError, JumpgateError
+from jumpgate.core.rbac.locks import lock_applies
 from jumpgate.core.tlsca import Identity
 
 log = logging.getLogger(__name__)
@@ -253,16 +254,11 @@ class DatabaseService:
         """Close every live session a lock targets."""
         for sess in list(self.state.live.values()):
             for lk in locks:
-                target = lk.get("spec", {}).get("target", {})
-                ident = sess.identity
-                hit = (
-                    target.get("user") and target["user"] in (ident.username, ident.impersonator)
-                ) or (target.get("role") and target["role"] in ident.groups)
-                if hit:
+                if lock_applies(lk.get("spec", {}).get("target", {}), sess.identity):
                     log.info(
                         "db: closing session %s of %s: locked (%s)",
                         sess.session_id,
-                        ident.username,
+                        sess.identity.username,
                         lk.get("spec", {}).get("message", ""),
                     )
                     if sess.close:
