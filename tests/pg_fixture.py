@@ -401,6 +401,7 @@ def start_postgres(
     ca_pem: bytes,
     databases: Sequence[str] = DEFAULT_DATABASES,
     users: Sequence[str] = DEFAULT_USERS,
+    port: int | None = None,
 ) -> PgServer:
     """Create, configure and start a PostgreSQL server; create ``users`` and ``databases``.
 
@@ -409,6 +410,7 @@ def start_postgres(
     directory (Unix socket paths are limited to ~100 bytes and, as root, the pg
     user must reach them); its log is copied to ``tmp_path/postgres.log`` on stop.
     Every user can create objects in the ``public`` schema of every database.
+    ``port`` is a free port chosen beforehand (a cluster config may name it first).
     """
     bin_dir = require_pg_bin()
     run_as = ensure_pg_user()
@@ -416,7 +418,7 @@ def start_postgres(
     server = PgServer(
         base=base,
         bin_dir=bin_dir,
-        port=_free_port(),
+        port=port or _free_port(),
         run_as=run_as,
         keep_log=tmp_path / "postgres.log",
     )
