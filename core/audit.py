@@ -69,6 +69,7 @@ CODES: dict[str, str] = {
     "db.session.end": "TDB01I",
     "db.session.query": "TDB02I",
     "app.session.start": "T2007I",
+    "app.session.chunk": "T2008I",
     "app.session.request": "T2009I",
     "app.session.end": "T2011I",
 }

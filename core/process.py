@@ -94,6 +94,7 @@ class Services:
     proxy: ProxyService | None = None
     proxy_addrs: list[tuple[str, int]] = field(default_factory=list)
     db: Any = None
+    app: Any = None
     extra: list[object] = field(default_factory=list)
 
 
@@ -147,10 +148,10 @@ class TeleportProcess:
     async def _start_services(self) -> None:
         cfg = self.config
         host_id = self.host_uuid()
-        if not (cfg.auth_enabled or cfg.proxy_enabled or cfg.db_enabled):
+        if not (cfg.auth_enabled or cfg.proxy_enabled or cfg.db_enabled or cfg.app_enabled):
             raise ConfigError(
                 "no service is enabled in this configuration",
-                hint="enable auth_service, proxy_service or db_service",
+                hint="enable auth_service, proxy_service, db_service or app_service",
             )
         if cfg.auth_enabled:
             log.info("backend: SQLite at %s", cfg.backend_path)
@@ -175,6 +176,10 @@ class TeleportProcess:
             await self._start_proxy(self.services.auth, host_id)
         if cfg.db_enabled:
             await self._start_db_service(host_id)
+        if cfg.app_enabled:
+            from jumpgate.core.app.agent import start_app_service
+
+            self.services.app = await start_app_service(self, host_id)
 
     async def _start_db_service(self, host_id: str) -> None:
         """The Database Service: in-process with a local auth, or an agent that joins."""
@@ -277,6 +282,7 @@ class TeleportProcess:
         from jumpgate.core.auth.api import start_api_server
 
         api = AuthAPI(auth)
+        import jumpgate.core.app.rpc
         import jumpgate.core.auth.methods  # registers the API methods
         import jumpgate.core.auth.methods_bot
         import jumpgate.core.auth.methods_db  # noqa: F401
@@ -363,6 +369,9 @@ class TeleportProcess:
 
     async def _stop_services(self) -> None:
         s = self.services
+        if s.app is not None:
+            log.info("shutdown: stopping the Application Service")
+            await s.app.close()
         if s.db is not None:
             log.info("shutdown: stopping the Database Service")
             await s.db.close()

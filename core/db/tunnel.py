@@ -175,6 +175,17 @@ class TunnelConn:
     host_id: str
     transport: asyncio.Transport
     hs: Handshake
+    #: which service of the agent it reaches: ``db`` or ``app``
+    service: str = "db"
+
+
+#: How the proxy names each service in its messages.
+SERVICE_NAMES = {"db": "Database Service", "app": "Application Service"}
+
+
+def _key(host_id: str, service: str) -> str:
+    """Registry key: one process may run a Database and an App Service under one host id."""
+    return host_id if service == "db" else f"{host_id}/{service}"
 
 
 @dataclass
@@ -192,25 +203,29 @@ class TunnelRegistry:
     def __init__(self) -> None:
         self.agents: dict[str, AgentEntry] = {}
 
-    def add_local(self, host_id: str, dial: Callable[[], Awaitable[socket.socket]]) -> None:
+    def add_local(
+        self, host_id: str, dial: Callable[[], Awaitable[socket.socket]], *, service: str = "db"
+    ) -> None:
         """An agent in this process: sessions go over socketpairs it creates."""
-        self.agents.setdefault(host_id, AgentEntry()).local = dial
-        self._wake(host_id)
+        key = _key(host_id, service)
+        self.agents.setdefault(key, AgentEntry()).local = dial
+        self._wake(key)
 
-    def remove_local(self, host_id: str) -> None:
+    def remove_local(self, host_id: str, *, service: str = "db") -> None:
         """The in-process agent stopped."""
-        entry = self.agents.get(host_id)
+        entry = self.agents.get(_key(host_id, service))
         if entry is not None:
             entry.local = None
 
     def add_idle(self, conn: TunnelConn) -> None:
         """An agent's idle connection arrived."""
-        self.agents.setdefault(conn.host_id, AgentEntry()).idle.append(conn)
-        self._wake(conn.host_id)
+        key = _key(conn.host_id, conn.service)
+        self.agents.setdefault(key, AgentEntry()).idle.append(conn)
+        self._wake(key)
 
     def discard(self, conn: TunnelConn) -> None:
         """An idle connection closed."""
-        entry = self.agents.get(conn.host_id)
+        entry = self.agents.get(_key(conn.host_id, conn.service))
         if entry is not None:
             with contextlib.suppress(ValueError):
                 entry.idle.remove(conn)
@@ -222,19 +237,20 @@ class TunnelRegistry:
                 fut.set_result(None)
         entry.waiters.clear()
 
-    def is_connected(self, host_id: str) -> bool:
+    def is_connected(self, host_id: str, *, service: str = "db") -> bool:
         """Whether the agent can take a session now."""
-        entry = self.agents.get(host_id)
+        entry = self.agents.get(_key(host_id, service))
         return bool(entry and (entry.local or entry.idle))
 
     async def open(
-        self, host_id: str, header: dict[str, Any], *, wait: float = 5.0
+        self, host_id: str, header: dict[str, Any], *, wait: float = 5.0, service: str = "db"
     ) -> tuple[asyncio.Transport, Handshake]:
         """Send ``header`` to the agent over a fresh tunnel connection; return it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        key = _key(host_id, service)
         while True:
-            entry = self.agents.setdefault(host_id, AgentEntry())
+            entry = self.agents.setdefault(key, AgentEntry())
             if entry.local is not None:
                 sock = await entry.local()
                 transport, hs = await loop.connect_accepted_socket(Handshake, sock)
@@ -249,7 +265,8 @@ class TunnelRegistry:
             left = deadline - loop.time()
             if left <= 0:
                 raise ConnectionProblem(
-                    f"the Database Service (host {host_id}) is not connected to this proxy",
+                    f"the {SERVICE_NAMES.get(service, service)} (host {host_id}) is not "
+                    "connected to this proxy",
                     hint="check that the agent is running and can reach the proxy",
                 )
             fut: asyncio.Future[None] = loop.create_future()
@@ -293,20 +310,23 @@ async def _accept_agent(
     cert = x509.load_der_x509_certificate(der)
     ident = identity_from_certificate(cert)
     issuer_ok = cert.issuer.public_bytes() in host_ca_fps()
+    service = {"Db": "db", "App": "app"}.get(ident.system_role or "", "")
+    services = hello.get("services")
     if (
         not issuer_ok
-        or ident.system_role not in ("Db", "App")
+        or not service
         or hello.get("host_id") != ident.username
+        or (isinstance(services, list) and service not in services)
     ):
         log.warning("tunnel: refused agent %s (role %r)", ident.username, ident.system_role)
         transport.close()
         return
-    conn = TunnelConn(ident.username, transport, hs)
+    conn = TunnelConn(ident.username, transport, hs, service)
     registry.add_idle(conn)
     log.debug("tunnel: agent %s idle connection registered", ident.username)
     # notice when the agent drops the idle connection
     while not hs.lost and not transport.is_closing():
-        if conn not in registry.agents.get(conn.host_id, AgentEntry()).idle:
+        if conn not in registry.agents.get(_key(conn.host_id, conn.service), AgentEntry()).idle:
             return  # taken for a session
         await asyncio.sleep(1.0)
     registry.discard(conn)

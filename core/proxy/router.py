@@ -52,6 +52,8 @@ class Route:
     prefix: bool = False
     factory: ProtocolFactory | None = None
     raw: RawHandler | None = None
+    #: picks another factory for some ClientHellos (app hosts by SNI); None keeps ``factory``
+    choose: Callable[[ClientHello], ProtocolFactory | None] | None = None
 
     def matches(self, proto: str) -> bool:
         """Whether this route serves ``proto``."""
@@ -220,7 +222,10 @@ class TLSRouter:
         if route.raw is not None:
             await route.raw(sock, hello)
             return
-        assert route.factory is not None
+        factory = route.factory
+        if route.choose is not None:
+            factory = route.choose(hello) or factory
+        assert factory is not None
         try:
             ctx = self._make_context(proto, hello.server_name)
         except Exception as exc:
@@ -230,7 +235,7 @@ class TLSRouter:
         loop = asyncio.get_running_loop()
         try:
             await loop.connect_accepted_socket(
-                route.factory, sock, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+                factory, sock, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
             )
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             log.info("TLS handshake with %s (%s) failed: %s", peer, proto, exc)

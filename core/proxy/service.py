@@ -9,12 +9,16 @@ import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from jumpgate.core.proxy.clienthello import ClientHello
 from jumpgate.core.proxy.router import TLSRouter, relay_raw
 from jumpgate.core.proxy.web import ClusterInfo, WebAPI
+
+if TYPE_CHECKING:
+    from jumpgate.core.proxy.apps import AppFrontend
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ class ProxyService:
         )
         #: signs a certificate for one extra name (in-process auth); see _needs_own_cert
         self.mint = mint
-        self._contexts: dict[tuple[str, str], ssl.SSLContext] = {}
+        self._contexts: dict[tuple[str, str, bool], ssl.SSLContext] = {}
         #: protocols whose TLS handshake must carry a client certificate
         self.require_client_cert: set[str] = set()
         #: protocols whose handlers check certificate expiry themselves after the handshake,
@@ -85,6 +89,18 @@ class ProxyService:
         self.tunnels = TunnelRegistry()
         self._runner: web.AppRunner | None = None
         self.addresses: list[tuple[str, int]] = []
+        #: application access on ``<app>.<public host>`` (needs the auth service in-process)
+        self.apps: AppFrontend | None = None
+        if hasattr(info, "store"):
+            from jumpgate.core.proxy.apps import AppFrontend
+
+            self.apps = AppFrontend(
+                auth=info,
+                registry=self.tunnels,
+                public_addr=public_addr,
+                public_host=self.public_host,
+                user_ca_subjects=self._user_ca_subjects,
+            )
 
     def _needs_own_cert(self, server_name: str) -> bool:
         """A subdomain of a single-label public host (``app.localhost``): OpenSSL refuses
@@ -98,9 +114,29 @@ class ProxyService:
             and server_name[: -len(host) - 1].replace("-", "").isalnum()
         )
 
+    def _user_ca_subjects(self) -> set[bytes]:
+        from cryptography import x509
+
+        return {c.subject.public_bytes() for c in x509.load_pem_x509_certificates(self.user_ca_pem)}
+
+    def _covered_by_wildcard(self, server_name: str) -> bool:
+        host = self.public_host
+        return (
+            "." in host
+            and server_name.endswith("." + host)
+            and "." not in server_name[: -len(host) - 1]
+        )
+
     def _context_for(self, protocol: str, server_name: str = "") -> ssl.SSLContext:
-        name = server_name if self._needs_own_cert(server_name) else ""
-        key = (protocol, name)
+        server_name = server_name.lower()
+        app_host = (
+            protocol == "http/1.1" and self.apps is not None and self.apps.is_app_host(server_name)
+        )
+        own = self._needs_own_cert(server_name) or (
+            app_host and self.mint is not None and not self._covered_by_wildcard(server_name)
+        )
+        name = server_name if own else ""
+        key = (protocol, name, app_host)
         ctx = self._contexts.get(key)
         if ctx is not None:
             return ctx
@@ -117,7 +153,8 @@ class ProxyService:
             ssl.CERT_REQUIRED if protocol in self.require_client_cert else ssl.CERT_OPTIONAL
         )
         ctx.set_alpn_protocols([protocol])
-        if protocol in self.check_expiry_after_handshake:
+        if protocol in self.check_expiry_after_handshake or app_host:
+            # apps answer an expired certificate with a redirect or a 401 naming the expiry
             ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
         if len(self._contexts) > 1024:
             self._contexts.clear()
@@ -133,6 +170,9 @@ class ProxyService:
         server = self._runner.server
         assert server is not None
         self.router.add_tls_route("http/1.1", server)
+        if self.apps is not None:
+            self.router.routes[-1].choose = self._choose_app
+            self.apps.start()
         if self.auth_addr is not None:
             self.router.add_raw_route(AUTH_ALPN_PREFIX, self._auth_passthrough, prefix=True)
         self._add_database_routes()
@@ -200,8 +240,17 @@ class ProxyService:
             return
         await relay_raw(sock, *self.auth_addr)
 
+    def _choose_app(self, hello: ClientHello) -> Callable[[], asyncio.BaseProtocol] | None:
+        """Connections whose SNI names an app go to the app frontend, not the web API."""
+        apps = self.apps
+        if apps is None or not apps.is_app_host(hello.server_name):
+            return None
+        return apps.protocol_factory(hello.server_name)
+
     async def close(self) -> None:
         """Stop accepting, then finish the web app."""
         await self.router.close()
+        if self.apps is not None:
+            await self.apps.close()
         if self._runner is not None:
             await asyncio.wait_for(self._runner.cleanup(), timeout=10)

@@ -1,0 +1,1 @@
+"""Application access: the App Service agent, the HTTP forwarder, app JWTs and header rewrites."""

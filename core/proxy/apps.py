@@ -1,0 +1,353 @@
+"""The proxy's side of application access: ``<app>.<public host>`` on the web port.
+
+The TLS router sends connections whose SNI names an app (a subdomain of the
+proxy's public host, or an app's own ``public_addr``) here instead of to the web
+API. For each connection the frontend reads the first request head (without
+consuming it) and checks the client certificate: issued by the user CA, not
+expired, routed to this app. Without a valid certificate a browser
+(``Accept: text/html``) is redirected to ``/web/login`` on the proxy and an API
+client gets ``401`` with a JSON error. With one, the frontend opens a reverse
+tunnel to an App Service serving the app, passes the certificate in the
+session header, reads the agent's one-line answer (RBAC and locks are decided
+by the auth service, through the agent), and then relays bytes: the agent
+parses and forwards HTTP, the proxy copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from jumpgate.core.aio import spawn
+from jumpgate.core.app.http1 import MAX_HEAD, Head, HTTPError, head_end, parse_request_head
+from jumpgate.core.app.http1 import simple_response as _response
+from jumpgate.core.db.tunnel import TunnelRegistry, read_json_line
+from jumpgate.core.errors import JumpgateError
+from jumpgate.core.relay import Handshake, Relay
+from jumpgate.core.tlsca import Identity, identity_from_certificate
+
+log = logging.getLogger(__name__)
+
+#: How long a client has to send its first request head.
+FIRST_REQUEST_TIMEOUT = 30.0
+#: How long the app catalogue (heartbeats) is reused before it is read again.
+CATALOGUE_TTL = 1.0
+
+
+class _Unauthenticated(Exception):
+    """No usable certificate for this app: redirect a browser, 401 an API client."""
+
+
+def _head_parser(data: bytes) -> tuple[Head | None, int]:
+    """For :meth:`Handshake.read_until_packet`: the first head, consuming nothing."""
+    end = head_end(data)
+    if end < 0:
+        if len(data) > MAX_HEAD:
+            raise HTTPError(431, "the request head is too large")
+        return None, 0
+    return parse_request_head(data[:end]), 0
+
+
+def wants_html(head: Head) -> bool:
+    """A browser navigation (``Accept`` lists text/html)."""
+    accept = (head.get(b"accept") or b"").lower()
+    return b"text/html" in accept
+
+
+class AppFrontend:
+    """Serves application hosts on the proxy's web port."""
+
+    def __init__(
+        self,
+        *,
+        auth: Any,
+        registry: TunnelRegistry,
+        public_addr: str,
+        public_host: str,
+        user_ca_subjects: Callable[[], set[bytes]],
+    ) -> None:
+        self.auth = auth
+        self.registry = registry
+        self.public_addr = public_addr
+        self.public_host = public_host.lower()
+        self.user_ca_subjects = user_ca_subjects
+        #: app public address (host, lower case) → app name, for custom public_addr values
+        self.public_addrs: dict[str, str] = {}
+        self._catalogue: list[Any] = []
+        self._catalogue_at = 0.0
+        self._refresh_task: asyncio.Task[None] | None = None
+        self.sessions_started = 0
+
+    # ------------------------------------------------------------------ hosts
+    def app_name_for(self, server_name: str) -> str:
+        """The app a host name (SNI or Host) addresses, or ``""``."""
+        host = server_name.lower().rstrip(".")
+        if not host:
+            return ""
+        name = self.public_addrs.get(host)
+        if name:
+            return name
+        suffix = "." + self.public_host
+        if self.public_host and host.endswith(suffix):
+            label = host[: -len(suffix)]
+            if label and "." not in label:
+                return label
+        return ""
+
+    def is_app_host(self, server_name: str) -> bool:
+        """Whether connections with this SNI are for an app (not the web API)."""
+        return bool(self.app_name_for(server_name))
+
+    async def catalogue(self) -> list[Any]:
+        """Live ``app_server`` heartbeats (cached for a second)."""
+        now = time.monotonic()
+        if now - self._catalogue_at > CATALOGUE_TTL:
+            from jumpgate.core.app.auth import app_servers
+
+            self._catalogue = await app_servers(self.auth)
+            self._catalogue_at = now
+            addrs: dict[str, str] = {}
+            for srv in self._catalogue:
+                pub = (srv.spec.app.spec.public_addr or "").lower()
+                host = pub.rsplit(":", 1)[0] if pub.count(":") == 1 else pub
+                if host and host != f"{srv.spec.app.metadata.name}.{self.public_host}":
+                    addrs[host] = srv.spec.app.metadata.name
+            self.public_addrs = addrs
+        return self._catalogue
+
+    def start(self) -> None:
+        """Keep the custom public addresses fresh (they decide routing by SNI)."""
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.catalogue()
+                except JumpgateError as exc:
+                    log.debug("apps: reading the app catalogue failed: %s", exc)
+                await asyncio.sleep(2.0)
+
+        self._refresh_task = spawn(loop(), name="proxy-apps-refresh")
+
+    async def close(self) -> None:
+        """Stop the refresh loop."""
+        from jumpgate.core.aio import cancel_and_wait
+
+        await cancel_and_wait(self._refresh_task)
+
+    # ------------------------------------------------------------------ connections
+    def protocol_factory(self, server_name: str) -> Callable[[], Handshake]:
+        """A protocol factory for one connection whose SNI is ``server_name``."""
+
+        def factory() -> Handshake:
+            hs = Handshake(max_buffer=MAX_HEAD + 1)
+            spawn(self._serve(hs, server_name), name="app-frontend")
+            return hs
+
+        return factory
+
+    async def _serve(self, hs: Handshake, server_name: str) -> None:
+        try:
+            await self._serve_inner(hs, server_name)
+        except HTTPError as exc:
+            self._reply(hs, exc.status, exc.message, None)
+        except (JumpgateError, ConnectionError, OSError, TimeoutError) as exc:
+            log.debug("apps: connection ended early: %s", exc)
+            self._close(hs)
+        except Exception:
+            log.exception("apps: unexpected error")
+            self._close(hs)
+
+    async def _serve_inner(self, hs: Handshake, server_name: str) -> None:
+        head = await asyncio.wait_for(hs.read_until_packet(_head_parser), FIRST_REQUEST_TIMEOUT)
+        assert hs.transport is not None
+        host_header = (head.get(b"host") or b"").decode("latin-1")
+        app = self.app_name_for(server_name) or self.app_name_for(host_header.rsplit(":", 1)[0])
+        client_addr = _peer_addr(hs.transport)
+        try:
+            identity, cert_pem = self._identity(hs.transport, app)
+        except _Unauthenticated as exc:
+            self._audit_refusal(app, client_addr, str(exc), None)
+            self._unauthenticated(hs, head, server_name, host_header, str(exc))
+            return
+        servers = [s for s in await self.catalogue() if s.spec.app.metadata.name == app]
+        if not servers:
+            self._reply(
+                hs,
+                404,
+                f'application "{app}" is not available: no App Service serving it is connected',
+                head,
+                hint="tsh apps ls shows the applications that are online",
+            )
+            return
+        public = host_header or server_name
+        if ":" not in public and self.public_addr.count(":") == 1:
+            public = f"{public}:{self.public_addr.rsplit(':', 1)[1]}"
+        route = identity.route_to_app
+        header = {
+            "type": "session",
+            "kind": "app",
+            "app": app,
+            "session_id": (route.session_id if route else "") or str(uuid.uuid4()),
+            "client_addr": client_addr,
+            "identity_cert": cert_pem,
+            "public_addr": public,
+        }
+        hosts = [s.spec.host_id for s in servers]
+        random.shuffle(hosts)
+        hosts.sort(key=lambda h: not self.registry.is_connected(h, service="app"))
+        last_error = ""
+        for host_id in hosts:
+            try:
+                _, agent = await self.registry.open(host_id, header, service="app")
+                answer = await asyncio.wait_for(read_json_line(agent), 30.0)
+            except (JumpgateError, OSError, TimeoutError) as exc:
+                last_error = getattr(exc, "message", "") or str(exc) or type(exc).__name__
+                continue
+            if not answer.get("ok"):
+                if agent.transport is not None:
+                    agent.transport.close()
+                status = int(answer.get("status") or 403)
+                self._reply(
+                    hs,
+                    status,
+                    str(answer.get("reason") or "access denied"),
+                    head,
+                    hint=str(answer.get("hint") or "") or None,
+                )
+                return
+            self.sessions_started += 1
+            relay = Relay.between(hs, agent)
+            await relay.wait()
+            return
+        self._reply(hs, 502, f'application "{app}" is not reachable: {last_error}', head)
+
+    # ------------------------------------------------------------------ checks
+    def _identity(self, transport: asyncio.BaseTransport, app: str) -> tuple[Identity, str]:
+        ssl_obj = transport.get_extra_info("ssl_object")
+        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
+        if not der:
+            raise _Unauthenticated("no client certificate was presented")
+        cert = x509.load_der_x509_certificate(der)
+        if cert.issuer.public_bytes() not in self.user_ca_subjects():
+            raise _Unauthenticated(
+                "the client certificate is not a user certificate of this cluster"
+            )
+        now = datetime.now(UTC)
+        if cert.not_valid_after_utc <= now:
+            raise _Unauthenticated(
+                f"the client certificate expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+            )
+        try:
+            identity = identity_from_certificate(cert)
+        except JumpgateError as exc:
+            raise _Unauthenticated(f"the client certificate is unusable: {exc.message}") from None
+        route = identity.route_to_app
+        if route is None:
+            raise _Unauthenticated("the client certificate is not for application access")
+        if route.name != app:
+            raise _Unauthenticated(
+                f'the client certificate is for application "{route.name}", not "{app}"'
+            )
+        return identity, cert.public_bytes(Encoding.PEM).decode()
+
+    def _audit_refusal(self, app: str, addr: str, reason: str, identity: Identity | None) -> None:
+        audit = getattr(self.auth, "audit", None)
+        if audit is not None:
+            audit.emit(
+                "app.session.start",
+                success=False,
+                app_name=app,
+                addr=addr,
+                user=identity.username if identity else None,
+                error=reason,
+            )
+
+    # ------------------------------------------------------------------ answers
+    def login_url(self, redirect: str) -> str:
+        """``https://<proxy>/web/login?redirect=…``."""
+        return f"https://{self.public_addr}/web/login?redirect={quote(redirect, safe='')}"
+
+    def _unauthenticated(
+        self, hs: Handshake, head: Head, server_name: str, host_header: str, reason: str
+    ) -> None:
+        host = host_header or server_name
+        if wants_html(head):
+            target = self.login_url(f"https://{host}{head.target}")
+            body = (
+                f'<!doctype html><title>Sign in</title><p>Redirecting to <a href="{escape(target)}">'
+                "the login page</a>.</p>\n"
+            ).encode()
+            self._write(
+                hs,
+                _response(
+                    302,
+                    body,
+                    content_type="text/html; charset=utf-8",
+                    headers=[("Location", target)],
+                ),
+            )
+            return
+        self._reply(
+            hs,
+            401,
+            f"this application needs a valid certificate: {reason}",
+            head,
+            hint="use the certificate from 'tsh apps login' or a tbot application output "
+            "(curl --cert tlscert --key key)",
+        )
+
+    def _reply(
+        self,
+        hs: Handshake,
+        status: int,
+        message: str,
+        head: Head | None,
+        *,
+        hint: str | None = None,
+    ) -> None:
+        if head is not None and wants_html(head):
+            text = f"<!doctype html><title>{status}</title><h1>{escape(message)}</h1>"
+            if hint:
+                text += f"<p>{escape(hint)}</p>"
+            data = _response(status, text.encode(), content_type="text/html; charset=utf-8")
+        else:
+            err: dict[str, Any] = {"message": message}
+            if hint:
+                err["hint"] = hint
+            data = _response(
+                status, json.dumps({"error": err}).encode() + b"\n", content_type="application/json"
+            )
+        self._write(hs, data)
+
+    @staticmethod
+    def _write(hs: Handshake, data: bytes) -> None:
+        t = hs.transport
+        if t is not None and not t.is_closing():
+            t.write(data)
+            t.close()
+
+    @staticmethod
+    def _close(hs: Handshake) -> None:
+        t = hs.transport
+        if t is not None and not t.is_closing():
+            t.close()
+
+
+def _peer_addr(transport: asyncio.BaseTransport) -> str:
+    peer: Any = transport.get_extra_info("peername")
+    if not peer:
+        return ""
+    host, port = peer[0], peer[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
