@@ -1,8 +1,6 @@
-"""``jumpgate``: the dashboard (its screens arrive with the dashboard issue)."""
+"""``jumpgate``: the dashboard's command line (the Textual app is in :mod:`jumpgate.tui.dashboard`)."""
 
 from __future__ import annotations
-
-import sys
 
 import typer
 
@@ -18,18 +16,58 @@ app = typer.Typer(
 
 @app.command()
 def dashboard(
+    proxy: str = typer.Option(
+        None, "--proxy", envvar="TELEPORT_PROXY", help="Proxy web address, HOST[:PORT]"
+    ),
+    user: str = typer.Option(None, "--user", envvar="TELEPORT_USER", help="Jumpgate user name"),
+    config: list[str] = typer.Option(
+        [], "-c", "--config", help="A tbot config to watch (repeatable)"
+    ),
+    destination_dir: list[str] = typer.Option(
+        [], "--destination-dir", help="A tbot destination directory to watch (repeatable)"
+    ),
+    proxies_dir: list[str] = typer.Option(
+        [], "--proxies-dir", help="Another directory of local-proxy status files (repeatable)"
+    ),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="Do not verify the proxy's certificate at login (test clusters)"
+    ),
+    light: bool = typer.Option(False, "--light", help="Start with the light theme"),
     version: bool = typer.Option(False, "--version", help="Print the version and exit"),
 ) -> None:
-    """Open the dashboard."""
+    """Open the dashboard on the current tsh profile and the given tbot configs."""
     from jumpgate.core.version import VERSION
 
     if version:
         print(f"Jumpgate dashboard v{VERSION}")
         return
-    print("The jumpgate dashboard is not built yet; use tctl, tsh and tbot.", file=sys.stderr)
-    raise SystemExit(1)
+    # Textual is imported only when the dashboard opens (--version and completion stay fast)
+    from jumpgate.tui.dashboard import DARK, LIGHT, JumpgateApp
+    from jumpgate.tui.state import DashboardState, Options
+
+    opts = Options(
+        proxy=proxy,
+        user=user,
+        configs=list(config),
+        destination_dirs=list(destination_dir),
+        proxies_dirs=list(proxies_dir),
+        insecure=insecure,
+    )
+    JumpgateApp(DashboardState(opts), theme=LIGHT if light else DARK).run()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="jumpgate")
+    """Console-script entry point: errors print their message and hint, never a traceback."""
+    import sys
+
+    from jumpgate.core.errors import JumpgateError
+
+    try:
+        app(prog_name="jumpgate")
+    except JumpgateError as exc:
+        print(f"ERROR: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(exc.hint, file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

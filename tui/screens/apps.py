@@ -1,0 +1,199 @@
+"""Apps: the web applications the user can see, with URL, curl snippet and local proxy commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Static
+from textual.worker import get_current_worker
+
+from jumpgate.core.client import snippets
+from jumpgate.core.errors import JumpgateError
+from jumpgate.tui.notify import notify_error
+from jumpgate.tui.state import DashboardState
+from jumpgate.tui.widgets.resource_table import ResourceTable, Row, make_row
+
+COLUMNS = [("Name", 28), ("Public address", 40), ("Description", 36), ("Labels", 50)]
+LOCAL_APP_PORT = 8080
+
+
+def app_rows(apps: list[dict[str, Any]]) -> list[Row]:
+    """Table rows from the app list."""
+    rows = []
+    for a in apps:
+        labels = {str(k): str(v) for k, v in (a.get("labels") or {}).items()}
+        rows.append(
+            make_row(
+                str(a.get("name", "")),
+                [
+                    str(a.get("name", "")),
+                    str(a.get("public_addr", "")),
+                    str(a.get("description", "")),
+                    ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+                ],
+                labels,
+            )
+        )
+    return rows
+
+
+def app_url(app: dict[str, Any]) -> str:
+    """``https://<public_addr>`` (the proxy routes by this name)."""
+    addr = str(app.get("public_addr") or "")
+    return f"https://{addr}" if addr else ""
+
+
+class AppsScreen(Screen[None]):
+    """Applications behind the proxy."""
+
+    CSS_PATH = "apps.tcss"
+    BINDINGS = [
+        Binding("slash", "focus_filter", "Filter"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("o", "open", "Open URL"),
+        Binding("y", "copy", "Copy curl"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.apps: dict[str, dict[str, Any]] = {}
+
+    @property
+    def state(self) -> DashboardState:
+        return self.app.state  # type: ignore[attr-defined, no-any-return]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Input(placeholder="Type to filter (words; key=value for labels)", id="app-filter")
+        with Horizontal(id="apps-main"):
+            yield ResourceTable(COLUMNS, id="apps")
+            with VerticalScroll(id="app-details-pane"):
+                yield Static("No applications yet.", id="app-details")
+        yield Static("", id="app-count")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "Apps"
+        self.query_one("#apps", ResourceTable).focus()
+        self.action_refresh()
+
+    def action_refresh(self) -> None:
+        """Reload (worker)."""
+        self.query_one("#app-count", Static).update("Loading…")
+        self.load()
+
+    @work(thread=True, exclusive=True, group="apps")
+    def load(self) -> None:
+        """The app list through the profile's credentials."""
+        worker = get_current_worker()
+        try:
+            apps = self.state.apps()
+        except JumpgateError as exc:
+            if not worker.is_cancelled:
+                self.app.call_from_thread(self._failed, exc)
+            return
+        if not worker.is_cancelled:
+            self.app.call_from_thread(self.show_apps, apps)
+
+    def _failed(self, exc: JumpgateError) -> None:
+        self.query_one("#app-count", Static).update(Text(exc.message, style="red"))
+        notify_error(self.app, exc, title="Apps")
+
+    def show_apps(self, apps: list[dict[str, Any]]) -> None:
+        """Fill the table."""
+        self.apps = {str(a.get("name", "")): a for a in apps}
+        table = self.query_one("#apps", ResourceTable)
+        table.set_rows(app_rows(apps))
+        table.filter(self.query_one("#app-filter", Input).value)
+        n = len(table.view)
+        self.query_one("#app-count", Static).update(
+            f"{n:,} applications" if apps else "No applications are registered (or visible to you)."
+        )
+
+    @on(Input.Changed, "#app-filter")
+    def _filter(self, event: Input.Changed) -> None:
+        self.query_one("#apps", ResourceTable).filter(event.value)
+
+    @on(Input.Submitted, "#app-filter")
+    def _submitted(self) -> None:
+        self.query_one("#apps", ResourceTable).focus()
+
+    def action_focus_filter(self) -> None:
+        """Jump to the filter box."""
+        self.query_one("#app-filter", Input).focus()
+
+    def action_clear_filter(self) -> None:
+        """Empty the filter."""
+        self.query_one("#app-filter", Input).value = ""
+        self.query_one("#apps", ResourceTable).focus()
+
+    @on(ResourceTable.Highlighted, "#apps")
+    def _highlighted(self, event: ResourceTable.Highlighted) -> None:
+        pane = self.query_one("#app-details", Static)
+        if event.row is None:
+            pane.update("No application matches.")
+            return
+        pane.update(self.details_text(event.row.key))
+
+    def details_text(self, name: str) -> Text:
+        """URL, labels and the curl / local proxy snippets of one app."""
+        a = self.apps.get(name, {})
+        url = app_url(a)
+        out = Text()
+        out.append(f"{name}\n", style="bold")
+        out.append(f"{a.get('description', '')}\n\n")
+        out.append("URL      ", style="bold")
+        out.append(f"{url or '-'}\n")
+        out.append("Labels   ", style="bold")
+        labels = ", ".join(f"{k}={v}" for k, v in sorted((a.get("labels") or {}).items()))
+        out.append(f"{labels or '-'}\n")
+        out.append("\nLocal proxy\n", style="bold underline")
+        out.append(f"  tsh proxy app {name} --port={LOCAL_APP_PORT}\n")
+        out.append(f"  {snippets.curl(f'http://localhost:{LOCAL_APP_PORT}/')}\n")
+        out.append("\nWith tbot\n", style="bold underline")
+        out.append(
+            f"  tbot proxy --destination-dir=/opt/machine-id app --port={LOCAL_APP_PORT} {name}\n"
+        )
+        return out
+
+    def _selected(self) -> dict[str, Any] | None:
+        row = self.query_one("#apps", ResourceTable).current
+        if row is None:
+            self.notify("No application selected.", severity="warning")
+            return None
+        return self.apps.get(row.key)
+
+    def action_open(self) -> None:
+        """Open the app's URL in the browser."""
+        a = self._selected()
+        if a is None:
+            return
+        url = app_url(a)
+        if url:
+            self.open_url(url)
+
+    @work(thread=True, group="browser")
+    def open_url(self, url: str) -> None:
+        """``webbrowser.open`` may block (it starts a process)."""
+        import webbrowser
+
+        ok = webbrowser.open(url)
+        self.app.call_from_thread(
+            self.notify, url, title="Opened" if ok else "No browser found; the URL is"
+        )
+
+    def action_copy(self) -> None:
+        """Copy a curl command for the local proxy."""
+        a = self._selected()
+        if a is None:
+            return
+        cmd = snippets.curl(f"http://localhost:{LOCAL_APP_PORT}/")
+        self.app.copy_to_clipboard(cmd)
+        self.notify(cmd, title="Copied", markup=False)
