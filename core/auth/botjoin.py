@@ -1,7 +1,10 @@
 """Machine ID on the auth side: bots join with a token, renew, and get output certificates.
 
 * :func:`join_bot` spends a single-use bot join token on the first **renewable**
-  certificate (generation 1) for user ``bot-NAME``.
+  certificate (generation 1) for user ``bot-NAME``. A join whose answer was lost
+  (tbot crashed, the network dropped) can be retried with the same token and the
+  same public key for :data:`JOIN_RETRY_WINDOW`, as long as the bot has not renewed:
+  the token stays single-use for anyone else, and the bot cannot lock itself out.
 * :func:`renew_bot` trades the current renewable certificate for the next
   generation. The generation counter and the SHA-256 of the certificate that
   last renewed live in labels of the bot user; every change is a
@@ -62,6 +65,30 @@ MISMATCH_LOCK_MESSAGE = (
     "possibly indicating a stolen certificate."
 )
 _CONSUMED_LABEL = "jumpgate.internal/consumed"
+#: How long a spent token still answers a retry of its own join (same key, generation 1).
+JOIN_RETRY_WINDOW = timedelta(hours=1)
+#: A random id of the join that set generation 1: a retry must name the same join (a
+#: bot deleted and created again under the same name is a different bot).
+_JOIN_ID_LABEL = "jumpgate.internal/join-id"
+
+
+def _sha256(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def _retry_key(token: str) -> str:
+    """Where a spent token's join is remembered (by the token's hash, never its value)."""
+    return f"/bot_join_retry/{_sha256(token)}"  # internal record, not a resource kind
+
+
+def _key_fingerprint(public_key: bytes) -> str:
+    """SHA-256 of the key's SubjectPublicKeyInfo (PEM spelling does not matter)."""
+    from cryptography.hazmat.primitives import serialization
+
+    der = load_public_key(public_key).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return _sha256(der)
 
 
 def _rfc3339(t: datetime) -> str:
@@ -220,7 +247,22 @@ async def join_bot(
         except NotFound:
             tok = None
         if tok is None or tok.is_expired(auth.clock()):
-            raise _token_gone()
+            retried = await _retry_join(auth, token, public_key, ttl)
+            if retried is None:
+                raise _token_gone()
+            bot_name, out = retried
+            auth.audit.emit(
+                "bot.join",
+                success=True,
+                bot_name=bot_name,
+                user=bot_user_name(bot_name),
+                method="token",
+                addr=client_addr or None,
+                generation=1,
+                expires=out["expires"],
+                retry=True,
+            )
+            return out
         if "Bot" not in tok.spec.roles or not tok.spec.bot_name:
             raise AccessDenied(
                 f"the join token is not a bot token (it allows {', '.join(tok.spec.roles)})",
@@ -239,12 +281,14 @@ async def join_bot(
             raise already
         auth.check_lock(Identity(username=user_name, groups=(user_name,), bot_name=bot_name))
         await _consume_token(auth, token)
+        join_id = uuid.uuid4().hex
         for _ in range(CAS_ATTEMPTS):
             labels = data["metadata"]["labels"]
             if _generation(labels, user_name) != 0:
                 raise already
             labels[BOT_GENERATION_LABEL] = "1"
             labels[BOT_PREV_CERT_LABEL] = ""
+            labels[_JOIN_ID_LABEL] = join_id
             try:
                 await _swap_user(auth, item, data)
                 break
@@ -254,6 +298,18 @@ async def join_bot(
             raise CompareFailed(
                 f'user "{user_name}" kept changing while the bot joined', hint="try again"
             )
+        retry = {
+            "bot_name": bot_name,
+            "key_sha256": _key_fingerprint(public_key),
+            "join_id": join_id,
+        }
+        await auth.backend.put(
+            Item(
+                key=_retry_key(token),
+                value=json.dumps(retry).encode(),
+                expires=auth.clock() + JOIN_RETRY_WINDOW,
+            )
+        )
         traits = _traits(data)
         out = _issue_renewable(
             auth, name=bot_name, traits=traits, generation=1, public_key=public_key, ttl=ttl
@@ -272,6 +328,42 @@ async def join_bot(
         expires=out["expires"],
     )
     return out
+
+
+async def _retry_join(
+    auth: AuthServer, token: str, public_key: bytes, ttl: timedelta
+) -> tuple[str, dict[str, Any]] | None:
+    """Answer a retried join again: same spent token, same key, bot still at generation 1.
+
+    None when this is not such a retry (the caller then refuses as for any spent
+    token). Re-issuing is safe: the certificate is for a key only the original
+    joiner holds, and the generation it carries is the one the bot already has.
+    """
+    if not token:
+        return None
+    try:
+        record = json.loads((await auth.backend.get(_retry_key(token))).value)
+    except NotFound:
+        return None
+    if record.get("key_sha256") != _key_fingerprint(public_key):
+        return None
+    bot_name = str(record.get("bot_name", ""))
+    user_name = bot_user_name(bot_name)
+    try:
+        _, data = await _read_user(auth, user_name)
+    except AccessDenied:
+        return None
+    labels = data["metadata"]["labels"]
+    if labels.get(_JOIN_ID_LABEL) != record.get("join_id"):
+        return None  # not the bot that joined with this token (deleted and created again)
+    if _generation(labels, user_name) != 1:
+        return None  # it renewed since: the identity is in use, a second copy is not
+    auth.check_lock(Identity(username=user_name, groups=(user_name,), bot_name=bot_name))
+    out = _issue_renewable(
+        auth, name=bot_name, traits=_traits(data), generation=1, public_key=public_key, ttl=ttl
+    )
+    log.info("answered a retried join of bot %s (same token and key, generation 1)", bot_name)
+    return bot_name, out
 
 
 # ----------------------------------------------------------------------------- renewal

@@ -44,7 +44,13 @@ from jumpgate.core.errors import (
     JumpgateError,
     NotFound,
 )
-from jumpgate.core.tlsca import generate_private_key, private_key_to_pem, public_key_to_pem
+from jumpgate.core.failpoint import failpoint
+from jumpgate.core.tlsca import (
+    generate_private_key,
+    load_private_key,
+    private_key_to_pem,
+    public_key_to_pem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -269,19 +275,25 @@ class Bot:
         ca_pem = await trusted_host_ca(
             addr, ca_pins=ob.ca_pins, ca_path=ob.ca_path, insecure=self.cfg.insecure
         )
-        key = generate_private_key()
+        key_pem = self.storage.pending_join_key(token)
+        if key_pem is not None:
+            log.info("retrying an unfinished join with the same token and key")
+        else:
+            key_pem = private_key_to_pem(generate_private_key())
+            self.storage.save_join_key(token, key_pem)  # a lost answer can be asked again
+        failpoint("bot.join.before_request")
         issued = await join(
             addr,
             token=token,
-            public_key_pem=public_key_to_pem(key.public_key()),
+            public_key_pem=public_key_to_pem(load_private_key(key_pem).public_key()),
             ttl_seconds=self.cfg.certificate_ttl.total_seconds(),
             ca_pem=ca_pem,
         )
-        ident = BotIdentity(
-            private_key_to_pem(key), issued.cert_pem, issued.host_ca, issued.user_ca
-        )
+        failpoint("bot.join.after_response")
+        ident = BotIdentity(key_pem, issued.cert_pem, issued.host_ca, issued.user_ca)
         ident.check()
         self.storage.save(ident, token=token)  # saved before it is used
+        self.storage.clear_join_key()
         self.ident = ident
         self.metrics.joins_total += 1
         log.info(
@@ -300,6 +312,7 @@ class Bot:
         assert old is not None
         key = generate_private_key()
         api = self._api(old.ident_file())
+        failpoint("bot.renew.before_request")
         try:
             issued = await api.renew(
                 public_key_pem=public_key_to_pem(key.public_key()),
@@ -307,6 +320,7 @@ class Bot:
             )
         finally:
             await api.close()
+        failpoint("bot.renew.after_response")
         new = BotIdentity(private_key_to_pem(key), issued.cert_pem, issued.host_ca, issued.user_ca)
         new.check()
         if new.identity.bot_name != old.identity.bot_name:
@@ -314,6 +328,7 @@ class Bot:
                 f"the cluster renewed bot {old.identity.bot_name!r} as {new.identity.bot_name!r}"
             )
         self.storage.save(new)  # saved before it is used
+        failpoint("bot.renew.after_save")
         self.ident = new
         self.metrics.renewals_total += 1
         log.info(
@@ -375,8 +390,10 @@ class Bot:
         out: AnyOutput, dest: DirectoryDestination | MemoryDestination, files: dict[str, bytes]
     ) -> None:
         dest.init(outfiles.subdirs(out))
-        for name, data in files.items():
+        for i, (name, data) in enumerate(files.items()):
             dest.write(name, data)
+            if i == 0:
+                failpoint("bot.output.after_first_file")
 
     async def _credentials(self, api: BotAPI, out: AnyOutput) -> outfiles.Credentials:
         key = generate_private_key()

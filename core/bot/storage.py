@@ -9,6 +9,11 @@ the per-piece files can never pair a new key with an old certificate, because
 loading prefers ``identity`` and falls back to the pieces only when they
 match. A ``lock`` file (``flock``) keeps two tbot processes from renewing the
 same identity (which would lock the bot on the server).
+
+``joinkey`` holds the key of a join in flight (with the hash of its token), saved
+before the join is sent: if the answer is lost, the next start retries the join
+with the same token and key, which the cluster answers again (the token is spent
+for everyone else).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from cryptography.x509.oid import NameOID
 from jumpgate.core.auth.identityfile import IdentityFile, parse_identity_file
 from jumpgate.core.bot.destinations import DirectoryDestination, MemoryDestination
 from jumpgate.core.errors import BadParameter, JumpgateError
+from jumpgate.core.failpoint import failpoint
 from jumpgate.core.tlsca import Identity, identity_from_certificate, load_private_key
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,7 @@ TLS_CAS = "tlscacerts"
 GENERATION = "generation"
 TOKEN_HASH = "tokenhash"
 LOCK = "lock"
+JOIN_KEY = "joinkey"
 
 
 def token_hash(token: str) -> str:
@@ -202,12 +209,36 @@ class BotStorage:
         """Write the identity (commit point first), then its pieces and the token hash."""
         ident.check()
         self.dest.write(IDENTITY, ident.bundle())
+        failpoint("bot.storage.after_identity")
         self.dest.write(KEY, ident.key_pem)
         self.dest.write(TLS_CERT, ident.cert_pem)
         self.dest.write(TLS_CAS, ident.host_ca + ident.user_ca)
         self.dest.write(GENERATION, f"{ident.generation}\n".encode())
         if token is not None:
             self.dest.write(TOKEN_HASH, f"{token_hash(token)}\n".encode())
+
+    def pending_join_key(self, token: str) -> bytes | None:
+        """The key saved for a join with ``token`` whose answer never arrived, if any."""
+        raw = self.dest.read(JOIN_KEY)
+        if not raw:
+            return None
+        first, _, key = raw.partition(b"\n")
+        if first.decode(errors="replace").strip() != token_hash(token):
+            return None  # a join with another token: that key is of no use
+        try:
+            load_private_key(key)
+        except (ValueError, JumpgateError):
+            return None
+        return key
+
+    def save_join_key(self, token: str, key_pem: bytes) -> None:
+        """Remember the key of a join about to be sent (see the module docstring)."""
+        self.dest.write(JOIN_KEY, f"{token_hash(token)}\n".encode() + key_pem)
+
+    def clear_join_key(self) -> None:
+        """Forget the join key once the joined identity is saved."""
+        if self.dest.read(JOIN_KEY):
+            self.dest.write(JOIN_KEY, b"")
 
     def stored_token_hash(self) -> str:
         """The hash of the token that produced the stored identity ("" when unknown)."""

@@ -106,8 +106,10 @@ def test_join_renew_output_and_generation_mismatch(cluster: Cluster, host_ca: st
     gen1 = Bot(cluster, host_ca, joined, private_key_to_pem(key))
     assert gen1.generation == 1
 
-    # the token was single-use; refusals never echo it
-    status, refused = post_join(cluster, host_ca, json.dumps(req).encode())
+    # the token was single-use (only a retry with the same key is answered again, see
+    # test_tbot_crash); refusals never echo it
+    other = {**req, "public_key": public_key_to_pem(generate_private_key().public_key()).decode()}
+    status, refused = post_join(cluster, host_ca, json.dumps(other).encode())
     assert status == 403 and token not in json.dumps(refused)
     assert "already used" in refused["error"]["message"]
     status, bad = post_join(cluster, host_ca, b"{nope")

@@ -344,6 +344,42 @@ def test_recreated_bot_refuses_old_identity_without_locking() -> None:
     with_auth(body)
 
 
+def test_join_retry_same_key_until_renewed_or_recreated() -> None:
+    """A lost join answer can be asked again; nothing else gets in through a spent token."""
+
+    async def body(auth: AuthServer, clock: FakeClock) -> None:
+        token, key = await new_bot(auth), new_key()
+        first = await botjoin.join_bot(auth, token=token, public_key=key)
+        again = await botjoin.join_bot(auth, token=token, public_key=key)
+        assert first["generation"] == again["generation"] == 1
+        assert first["cert"] != again["cert"]  # freshly issued, same key and generation
+        retries = [e for e in await events(auth, "bot.join") if e.get("retry")]
+        assert len(retries) == 1 and retries[0]["success"] is True
+        with pytest.raises(AccessDenied, match="already used"):
+            await botjoin.join_bot(auth, token=token, public_key=new_key())
+        # renewed: the identity is in use, so the retry is over
+        await renew(auth, Held(first))
+        with pytest.raises(AccessDenied, match="already used"):
+            await botjoin.join_bot(auth, token=token, public_key=key)
+        # a bot deleted and created again is another bot, even at generation 1
+        token2 = await new_bot(auth, name="ci")
+        held = await botjoin.join_bot(auth, token=token2, public_key=key)
+        await delete_bot(auth, "ci")
+        await botjoin.join_bot(auth, token=await new_bot(auth, name="ci"), public_key=new_key())
+        with pytest.raises(AccessDenied, match="already used"):
+            await botjoin.join_bot(auth, token=token2, public_key=key)
+        assert held["generation"] == 1
+        # after the window, the record is gone
+        token3, key3 = await new_bot(auth, name="late"), new_key()
+        await botjoin.join_bot(auth, token=token3, public_key=key3)
+        clock.advance(seconds=botjoin.JOIN_RETRY_WINDOW.total_seconds() + 1)
+        with pytest.raises(AccessDenied, match="already used"):
+            await botjoin.join_bot(auth, token=token3, public_key=key3)
+        assert not await auth.store.list("lock")
+
+    with_auth(body)
+
+
 def test_only_renewable_bot_identities_renew() -> None:
     async def body(auth: AuthServer, clock: FakeClock) -> None:
         _, _ = await auth.create_user(name="alice", roles=["access"], traits={})
@@ -468,9 +504,15 @@ def test_web_join_route() -> None:
             assert resp.status == 200
             got = await resp.json()
             assert got["generation"] == 1
-            resp = await client.post("/webapi/bots/join", json=req)
+            # another key with the spent token is refused; the same key is a retry of a
+            # join whose answer was lost, answered again while the bot is at generation 1
+            resp = await client.post(
+                "/webapi/bots/join", json={**req, "public_key": new_key().decode()}
+            )
             assert resp.status == 403
             text = await resp.text()
             assert token not in text and "already used" in text
+            resp = await client.post("/webapi/bots/join", json=req)
+            assert resp.status == 200 and (await resp.json())["generation"] == 1
 
     with_auth(body)
