@@ -28,6 +28,13 @@ proxy), the agent, ``tsh proxy db``, PostgreSQL (postmaster and backends), the
 client (pgbench/psql) and the rest of the machine, and reports the tunnel's CPU
 milliseconds per transaction (per MB for COPY) for each hop.
 
+The bot chain (``--chains``, default ``tsh,bot``): a bot created with ``tctl
+bots add`` (role from ``tctl create``: the database, ``alice``/``example``),
+``tbot start --oneshot`` writing a database output to a directory (joining
+with the token and the CA pin), and ``tbot proxy --proxy=... --destination-dir=...
+db --tunnel`` serving it. Every workload then also runs through that local
+port (``sslmode=disable``), with the same goals as the tsh tunnel.
+
 Output: a table and one JSON summary line (also written to ``--json-out``,
 default ``bench/results/db_proxy.json``). ``--quick`` is a smoke run (5 s
 phases, 64 MB COPY, one round). ``--profile tsh,proxy,agent`` samples those
@@ -81,6 +88,26 @@ PG_DB = "example"  # the PostgreSQL database
 TSH_USER = "bench"
 PASSWORD = "a long enough benchmark passphrase"
 GOALS = {"select_1": 0.60, "select_10": 0.75, "copy": 0.85}
+#: --chains value -> the path key in the results ("tunnel" kept for the tsh chain)
+CHAIN_PATHS = {"tsh": "tunnel", "bot": "bot"}
+PATH_LABELS = {"direct": "direct", "tunnel": "tsh tunnel", "bot": "tbot tunnel"}
+BOT_NAME = "bench-db-bot"
+BOT_ROLE = "bench-db-bot-role"
+BOT_ROLE_YAML = f"""\
+kind: role
+version: v6
+metadata:
+  name: {BOT_ROLE}
+spec:
+  allow:
+    db_labels:
+      '*': '*'
+    db_names: [{PG_DB}]
+    db_users: [{PG_USER}]
+    rules:
+      - resources: [db_server, db]
+        verbs: [read, list]
+"""
 ROW_BYTES = 1001  # repeat('x', 1000) plus the newline of COPY's text format
 MB = 1024 * 1024  # --copy-mb and every MB/s figure
 
@@ -228,6 +255,13 @@ class Setup:
         self.tunnel_port = args.port or free_port()
         self.direct_env: dict[str, str] = {}
         self.tunnel_env: dict[str, str] = {}
+        self.tbot_proxy: subprocess.Popen[bytes] | None = None
+        self.tbot_log = root / "tbot-proxy.log"
+        self.bot_root = root / "bot"
+        self.bot_port = free_port()
+        while self.bot_port == self.tunnel_port:
+            self.bot_port = free_port()
+        self.bot_env: dict[str, str] = {}
         self.timings: dict[str, float] = {}
 
     # -- steps
@@ -445,9 +479,93 @@ class Setup:
             PGCONNECT_TIMEOUT="20",
         )
 
+    def start_bot_tunnel(self) -> None:
+        """Role + ``tctl bots add``, ``tbot start --oneshot``, then ``tbot proxy db --tunnel``."""
+        self.bot_root.mkdir(mode=0o700)
+        role = self.bot_root / "role.yaml"
+        role.write_text(BOT_ROLE_YAML)
+        self.cluster.tctl("create", "-f", str(role))
+        added = json.loads(
+            self.cluster.tctl(
+                "bots", "add", BOT_NAME, f"--roles={BOT_ROLE}", "--format=json"
+            ).stdout
+        )
+        token_file = self.bot_root / "token"
+        token_file.write_text(str(added["token_id"]) + "\n")
+        token_file.chmod(0o600)
+        out_dir = self.bot_root / "machine-id"
+        cfg = self.bot_root / "tbot.yaml"
+        # seed 000/002's shape: auth_server naming the proxy, ca_pins, a database output
+        cfg.write_text(
+            f"""version: v2
+auth_server: "localhost:{self.cluster.web_port}"
+onboarding:
+  join_method: "token"
+  token: "{token_file}"
+  ca_pins:
+  - "{self.ca_pin}"
+storage:
+  type: directory
+  path: {self.bot_root / "storage"}
+certificate_ttl: 4h
+renewal_interval: 1h
+outputs:
+  - type: database
+    destination:
+      type: directory
+      path: {out_dir}
+    service: {DB_NAME}
+    database: {PG_DB}
+    username: {PG_USER}
+"""
+        )
+        run(
+            [tool("tbot"), "start", "-c", str(cfg), "--oneshot"],
+            what="tbot start --oneshot",
+            timeout=120,
+        )
+        log = self.tbot_log.open("wb")
+        self.tbot_proxy = subprocess.Popen(
+            [
+                tool("tbot"),
+                "proxy",
+                f"--proxy=localhost:{self.cluster.web_port}",
+                f"--destination-dir={out_dir}",
+                "db",
+                f"--port={self.bot_port}",
+                "--tunnel",
+                DB_NAME,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(),
+            start_new_session=True,
+        )
+        wait_for(
+            lambda: "  psql " in self.tbot_log.read_text(errors="replace"),
+            30,
+            "tbot proxy db --tunnel",
+            self.tbot_proxy,
+            self.tbot_log,
+        )
+        self.bot_env = clean_env(
+            PGHOST="127.0.0.1",
+            PGPORT=str(self.bot_port),
+            PGUSER=PG_USER,
+            PGDATABASE=PG_DB,
+            PGSSLMODE="disable",
+            PGCONNECT_TIMEOUT="20",
+        )
+
+    def path_env(self, path: str) -> dict[str, str]:
+        """libpq environment of a path: direct, tunnel (tsh) or bot (tbot)."""
+        return {"direct": self.direct_env, "tunnel": self.tunnel_env, "bot": self.bot_env}[path]
+
     def check_paths(self) -> None:
         psql = pg_tool("psql")
-        for name, env in (("direct", self.direct_env), ("tunnel", self.tunnel_env)):
+        for name in self.args.paths:
+            env = self.path_env(name)
             out = run(
                 [
                     psql,
@@ -464,13 +582,19 @@ class Setup:
                 raise RuntimeError(f"unexpected answer through the {name} path: {out!r}")
 
     def pids(self) -> dict[str, int]:
-        assert self.cluster.proc and self.agent and self.tsh_proxy
-        return {"proxy": self.cluster.proc.pid, "agent": self.agent.pid, "tsh": self.tsh_proxy.pid}
+        assert self.cluster.proc and self.agent
+        out = {"proxy": self.cluster.proc.pid, "agent": self.agent.pid}
+        if self.tsh_proxy is not None:
+            out["tsh"] = self.tsh_proxy.pid
+        if self.tbot_proxy is not None:
+            out["tbot"] = self.tbot_proxy.pid
+        return out
 
     def postmaster_pid(self) -> int:
         return int((self.pg.data_dir / "postmaster.pid").read_text().split()[0])
 
     def close(self) -> None:
+        stop_process(self.tbot_proxy, signal.SIGTERM, 15)
         stop_process(self.tsh_proxy, signal.SIGINT, 15)
         stop_process(self.agent, signal.SIGTERM, 20)
         with contextlib.suppress(Exception):
@@ -604,13 +728,21 @@ class Bench:
         self.spy: dict[str, Any] = {}
 
     def env(self, path: str) -> dict[str, str]:
-        return self.s.direct_env if path == "direct" else self.s.tunnel_env
+        return self.s.path_env(path)
+
+    def order(self, r: int) -> list[str]:
+        """Round ``r``'s order of the paths: forwards, then backwards (ABBA for two)."""
+        paths = list(self.args.paths)
+        return paths if r % 2 == 0 else paths[::-1]
 
     def _maybe_profile(self, path: str, phase: str, seconds: float) -> list[Any]:
-        if path != "tunnel" or not self.args.profile:
+        # proxy and agent are profiled on the tsh chain (as before); tbot on its own
+        if path == "direct" or not self.args.profile:
             return []
         spies = []
         for name in self.args.profile:
+            if (name == "tbot") != (path == "bot") or name not in self.s.pids():
+                continue
             out = self.s.root / f"pyspy-{name}-{phase}.txt"
             proc = start_py_spy(self.s.pids()[name], out, seconds)
             if proc:
@@ -689,10 +821,9 @@ class Bench:
         """``--rounds`` runs per path, alternating direct/tunnel (ABBA...), then merged."""
         rounds = self.args.rounds
         seconds = max(1, round(self.args.seconds / rounds))
-        runs: dict[str, list[dict[str, Any]]] = {"direct": [], "tunnel": []}
+        runs: dict[str, list[dict[str, Any]]] = {p: [] for p in self.args.paths}
         for r in range(rounds):
-            order = ("direct", "tunnel") if r % 2 == 0 else ("tunnel", "direct")
-            for path in order:
+            for path in self.order(r):
                 runs[path].append(
                     self.pgbench_run(path, phase, clients, threads, connect, seconds, r == 0)
                 )
@@ -742,10 +873,9 @@ class Bench:
     def copy_phase(self) -> dict[str, dict[str, Any]]:
         """``--copy-mb`` per path, in ``--rounds`` parts alternating direct and tunnel."""
         rounds = self.args.rounds
-        runs: dict[str, list[dict[str, Any]]] = {"direct": [], "tunnel": []}
+        runs: dict[str, list[dict[str, Any]]] = {p: [] for p in self.args.paths}
         for r in range(rounds):
-            order = ("direct", "tunnel") if r % 2 == 0 else ("tunnel", "direct")
-            for path in order:
+            for path in self.order(r):
                 runs[path].append(self.copy_run(path, self.args.copy_mb / rounds, r == 0))
         out: dict[str, dict[str, Any]] = {}
         for path, rs in runs.items():
@@ -808,8 +938,19 @@ def cpu_ms_per(cpu: dict[str, float], n: float | None) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- report
+def ratio_key(path: str) -> str:
+    """The per-phase key of a chain's ratio to direct (``ratio`` for the tsh tunnel)."""
+    return "ratio" if path == "tunnel" else f"{path}_ratio"
+
+
+def goal_key(path: str, phase: str) -> str:
+    """The summary's goal name: ``select_1`` for the tsh tunnel, ``bot_select_1`` for tbot."""
+    return phase if path == "tunnel" else f"{path}_{phase}"
+
+
 def print_report(summary: dict[str, Any]) -> None:
     ph = summary["phases"]
+    chains = [p for p in summary["paths"] if p != "direct"]
 
     def g(v: Any, fmt: str = "{:,.1f}") -> str:
         return "-" if v is None else fmt.format(v)
@@ -818,69 +959,76 @@ def print_report(summary: dict[str, Any]) -> None:
         if key not in GOALS:
             return ""
         if r is None:
-            return f"(goal >= {GOALS[key]:.2f}x: n/a)"
-        return f"(goal >= {GOALS[key]:.2f}x: {'MET' if r >= GOALS[key] else 'NOT MET'})"
+            return f"(>= {GOALS[key]:.2f}: n/a)"
+        return f"(>= {GOALS[key]:.2f}: {'MET' if r >= GOALS[key] else 'NOT MET'})"
 
     print()
     print(
-        f"PostgreSQL direct (TLS, verify-full) vs through `tsh proxy db --tunnel` "
-        f"({summary['seconds_per_phase']:g} s per path and pgbench phase in "
+        "PostgreSQL direct (TLS, verify-full) vs through "
+        + " and ".join(
+            {"tunnel": "`tsh proxy db --tunnel`", "bot": "`tbot proxy db --tunnel`"}[c]
+            for c in chains
+        )
+        + f" ({summary['seconds_per_phase']:g} s per path and pgbench phase in "
         f"{summary['rounds']} alternating round(s), {summary['cpus']} CPUs, "
         f"load average before {summary['loadavg_1m_before']:.2f})"
     )
     print()
-    print(f"  {'workload':<34} {'direct':>12} {'tunnel':>12} {'ratio':>7}")
-    print(f"  {'-' * 34} {'-' * 12} {'-' * 12} {'-' * 7}")
-    for key, label in (
-        ("select_1", "pgbench -S, 1 client   [TPS]"),
-        ("select_10", "pgbench -S, 10 clients [TPS]"),
-    ):
-        d, t = ph[key]["direct"], ph[key]["tunnel"]
-        print(
-            f"  {label:<34} {g(d['tps']):>12} {g(t['tps']):>12} "
-            f"{g(ph[key]['ratio'], '{:.3f}'):>7}  {goal(ph[key]['ratio'], key)}"
-        )
-    d, t = ph["connect_10"]["direct"], ph["connect_10"]["tunnel"]
-    print(
-        f"  {'pgbench -S -C, 10 clients [TPS]':<34} {g(d['tps']):>12} {g(t['tps']):>12} "
-        f"{g(ph['connect_10']['ratio'], '{:.3f}'):>7}"
-    )
-    for k, label in (
-        ("cycle_p50_ms", "  connect+select p50 [ms]"),
-        ("cycle_p90_ms", "  connect+select p90 [ms]"),
-        ("cycle_p99_ms", "  connect+select p99 [ms]"),
-        ("query_p90_ms", "  select alone p90 [ms]"),
-    ):
-        print(
-            f"  {label:<34} {g(d[k], '{:.2f}'):>12} {g(t[k], '{:.2f}'):>12} "
-            f"{g(ratio(t[k], d[k]), '{:.2f}'):>7}"
-        )
-    d, t = ph["copy"]["direct"], ph["copy"]["tunnel"]
-    print(
-        f"  {'COPY out ' + str(summary['copy_mb']) + ' MB [MB/s]':<34} {g(d['mb_per_s']):>12} "
-        f"{g(t['mb_per_s']):>12} {g(ph['copy']['ratio'], '{:.3f}'):>7}  "
-        f"{goal(ph['copy']['ratio'], 'copy')}"
-    )
+    head = f"  {'workload':<34} {'direct':>10}"
+    for c in chains:
+        head += f" {PATH_LABELS[c]:>12} {'ratio':>6} {'goal':<16}"
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+
+    def row(label: str, key: str, field: str, fmt: str = "{:,.1f}") -> None:
+        line = f"  {label:<34} {g(ph[key]['direct'].get(field), fmt):>10}"
+        for c in chains:
+            r = ph[key].get(ratio_key(c))
+            line += f" {g(ph[key][c].get(field), fmt):>12} {g(r, '{:.3f}'):>6} {goal(r, key):<16}"
+        print(line.rstrip())
+
+    def cycle_row(label: str, field: str) -> None:
+        d = ph["connect_10"]["direct"].get(field)
+        line = f"  {label:<34} {g(d, '{:.2f}'):>10}"
+        for c in chains:
+            t = ph["connect_10"][c].get(field)
+            line += f" {g(t, '{:.2f}'):>12} {g(ratio(t, d), '{:.2f}'):>6} {'':<16}"
+        print(line.rstrip())
+
+    row("pgbench -S, 1 client   [TPS]", "select_1", "tps")
+    row("pgbench -S, 10 clients [TPS]", "select_10", "tps")
+    row("pgbench -S -C, 10 clients [TPS]", "connect_10", "tps")
+    cycle_row("  connect+select p50 [ms]", "cycle_p50_ms")
+    cycle_row("  connect+select p90 [ms]", "cycle_p90_ms")
+    cycle_row("  connect+select p99 [ms]", "cycle_p99_ms")
+    cycle_row("  select alone p90 [ms]", "query_p90_ms")
+    row(f"COPY out {summary['copy_mb']} MB [MB/s]", "copy", "mb_per_s")
     print()
     print(
-        "  CPU seconds per phase (tunnel path; direct in brackets). proxy = teleport start "
-        "(auth+proxy),"
+        "  CPU seconds per phase and path. proxy = teleport start (auth+proxy), agent = "
+        "teleport db start,"
     )
     print(
-        "  agent = teleport db start, tsh = tsh proxy db, postgres = postmaster + backends, "
+        "  tsh = tsh proxy db, tbot = tbot proxy db, postgres = postmaster + backends, "
         "client = pgbench/psql, other = rest of machine"
     )
-    cols = ("proxy", "agent", "tsh", "postgres", "client", "other", "wall")
-    print(f"  {'phase':<12}" + "".join(f"{c:>15}" for c in cols))
+    cols = ["proxy", "agent", *(h for h in ("tsh", "tbot") if h in summary["hops"]), "postgres"]
+    cols += ["client", "other", "wall"]
+    print(f"  {'phase':<12}{'path':<13}" + "".join(f"{c:>9}" for c in cols))
     for key in ("select_1", "select_10", "connect_10", "copy"):
-        t, d = ph[key]["tunnel"]["cpu_s"], ph[key]["direct"]["cpu_s"]
-        print(f"  {key:<12}" + "".join(f"{t[c]:>7.2f} [{d[c]:>5.2f}]" for c in cols))
+        for path in summary["paths"]:
+            cpu = ph[key][path]["cpu_s"]
+            print(f"  {key:<12}{path:<13}" + "".join(f"{cpu.get(c, 0.0):>9.2f}" for c in cols))
     print()
-    print("  tunnel CPU per unit (ms per transaction; ms per MB for COPY)")
-    print(f"  {'phase':<12}" + "".join(f"{c:>10}" for c in cols[:-1]))
+    print("  CPU per unit through each chain (ms per transaction; ms per MB for COPY)")
+    print(f"  {'phase':<12}{'path':<13}" + "".join(f"{c:>9}" for c in cols[:-1]))
     for key in ("select_1", "select_10", "connect_10", "copy"):
-        per = ph[key]["tunnel"].get("cpu_ms_per_unit", {})
-        print(f"  {key:<12}" + "".join(f"{per.get(c, float('nan')):>10.3f}" for c in cols[:-1]))
+        for path in chains:
+            per = ph[key][path].get("cpu_ms_per_unit", {})
+            print(
+                f"  {key:<12}{path:<13}"
+                + "".join(f"{per.get(c, float('nan')):>9.3f}" for c in cols[:-1])
+            )
     if summary.get("other_load_warning"):
         print(f"\n  warning: {summary['other_load_warning']}")
 
@@ -899,12 +1047,20 @@ def main() -> int:
         help="split each pgbench phase into this many runs per path, alternating direct and "
         "tunnel (ABBA), so load drift hits both alike (default 2; --quick: 1)",
     )
-    ap.add_argument("--port", type=int, default=0, help="local tunnel port (default: free)")
+    ap.add_argument(
+        "--chains",
+        type=lambda v: [p for p in v.split(",") if p],
+        default=["tsh", "bot"],
+        help="what to compare with direct, comma-separated: tsh (tsh proxy db --tunnel), bot "
+        "(tbot proxy db --tunnel fed by tbot start --oneshot); default tsh,bot",
+    )
+    ap.add_argument("--port", type=int, default=0, help="tsh tunnel port (default: free)")
     ap.add_argument("--pg-shared-buffers", default="256MB", help="PostgreSQL shared_buffers")
     ap.add_argument(
         "--profile",
         type=lambda v: [p for p in v.split(",") if p],
-        help="py-spy these processes (comma-separated: tsh,proxy,agent) during the tunnel phases",
+        help="py-spy these processes (comma-separated: tsh,proxy,agent,tbot) during the tunnel "
+        "phases (tbot during the bot chain's, the others during the tsh chain's)",
     )
     ap.add_argument(
         "--max-load",
@@ -922,8 +1078,11 @@ def main() -> int:
     ap.add_argument("--json-out", type=Path, default=BENCH / "results" / "db_proxy.json")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
-    if args.profile and not set(args.profile) <= {"tsh", "proxy", "agent"}:
-        ap.error("--profile takes tsh, proxy and/or agent")
+    if args.profile and not set(args.profile) <= {"tsh", "proxy", "agent", "tbot"}:
+        ap.error("--profile takes tsh, proxy, agent and/or tbot")
+    if not args.chains or not set(args.chains) <= set(CHAIN_PATHS):
+        ap.error("--chains takes tsh and/or bot")
+    args.paths = ["direct", *(CHAIN_PATHS[c] for c in dict.fromkeys(args.chains))]
     if args.quick:
         args.seconds, args.copy_mb = 5.0, 64
     if args.rounds is None:
@@ -940,10 +1099,17 @@ def main() -> int:
             ("PostgreSQL (tctl auth sign --format=db)", setup.start_postgres),
             ("direct client certificate (db_client CA)", setup.direct_client_cert),
             ("Database Service agent (teleport db start)", setup.start_agent),
-            ("tsh login + tsh db login", setup.login),
-            ("tsh proxy db --tunnel", setup.start_tunnel),
-            ("check both paths (psql)", setup.check_paths),
         ]
+        if "tunnel" in args.paths:
+            steps += [
+                ("tsh login + tsh db login", setup.login),
+                ("tsh proxy db --tunnel", setup.start_tunnel),
+            ]
+        if "bot" in args.paths:
+            steps.append(
+                ("tctl bots add, tbot start --oneshot, tbot proxy", setup.start_bot_tunnel)
+            )
+        steps.append(("check every path (psql)", setup.check_paths))
         for label, step in steps:
             t0 = time.perf_counter()
             step()
@@ -985,47 +1151,51 @@ def main() -> int:
         for key, clients, threads, connect in plan:
             print(f"measure: {key:<11} ...", end=" ", flush=True)
             phases[key] = bench.pgbench_phase(key, clients, threads, connect)
-            for path in ("direct", "tunnel"):
+            for path in args.paths:
                 r = phases[key][path]
                 r["cpu_ms_per_unit"] = cpu_ms_per(r["cpu_s"], r["transactions"])
-            phases[key]["ratio"] = ratio(phases[key]["tunnel"]["tps"], phases[key]["direct"]["tps"])
+                if path != "direct":
+                    phases[key][ratio_key(path)] = ratio(r["tps"], phases[key]["direct"]["tps"])
             print(
-                f"direct {phases[key]['direct']['tps']:,.1f} TPS, "
-                f"tunnel {phases[key]['tunnel']['tps']:,.1f} TPS",
+                ", ".join(f"{p} {phases[key][p]['tps']:,.1f} TPS" for p in args.paths),
                 flush=True,
             )
         print(f"measure: {'copy':<11} ...", end=" ", flush=True)
         phases["copy"] = bench.copy_phase()
-        for path in ("direct", "tunnel"):
+        for path in args.paths:
             r = phases["copy"][path]
             r["cpu_ms_per_unit"] = cpu_ms_per(r["cpu_s"], r["bytes"] / MB)
+            if path != "direct":
+                phases["copy"][ratio_key(path)] = ratio(
+                    r["mb_per_s"], phases["copy"]["direct"]["mb_per_s"]
+                )
         print(
-            f"direct {phases['copy']['direct']['mb_per_s']:,.1f} MB/s, "
-            f"tunnel {phases['copy']['tunnel']['mb_per_s']:,.1f} MB/s",
+            ", ".join(f"{p} {phases['copy'][p]['mb_per_s']:,.1f} MB/s" for p in args.paths),
             flush=True,
         )
-        phases["copy"]["ratio"] = ratio(
-            phases["copy"]["tunnel"]["mb_per_s"], phases["copy"]["direct"]["mb_per_s"]
-        )
 
-        goals = {
-            k: {
-                "goal": v,
-                "ratio": phases[k]["ratio"],
-                "met": phases[k]["ratio"] is not None and phases[k]["ratio"] >= v,
-            }
-            for k, v in GOALS.items()
-        }
-        hops = ("proxy", "agent", "tsh")
+        chains = [p for p in args.paths if p != "direct"]
+        goals = {}
+        for path in chains:
+            for k, v in GOALS.items():
+                r = phases[k][ratio_key(path)]
+                goals[goal_key(path, k)] = {"goal": v, "ratio": r, "met": r is not None and r >= v}
+        chain_hops = {"tunnel": ("proxy", "agent", "tsh"), "bot": ("proxy", "agent", "tbot")}
 
-        def hop_cost(key: str) -> dict[str, float]:
-            per = phases[key]["tunnel"].get("cpu_ms_per_unit", {})
-            return {h: per.get(h, float("nan")) for h in hops}
+        def hop_cost(key: str, path: str) -> dict[str, float]:
+            per = phases[key][path].get("cpu_ms_per_unit", {})
+            return {h: per.get(h, float("nan")) for h in chain_hops[path]}
+
+        def figures(key: str, field: str) -> dict[str, Any]:
+            out: dict[str, Any] = {p: phases[key][p][field] for p in args.paths}
+            for p in chains:
+                out[ratio_key(p)] = phases[key][ratio_key(p)]
+            return out
 
         disturbed = [
             f"{key}/{path}"
             for key in phases
-            for path in ("direct", "tunnel")
+            for path in args.paths
             if phases[key][path]["cpu_s"]["other"] > 0.15 * phases[key][path]["cpu_s"]["wall"]
         ]
         summary: dict[str, Any] = {
@@ -1038,29 +1208,22 @@ def main() -> int:
             "scale": args.scale,
             "cpus": os.cpu_count(),
             "loadavg_1m_before": load_before,
-            "select_1_tps": {
-                "direct": phases["select_1"]["direct"]["tps"],
-                "tunnel": phases["select_1"]["tunnel"]["tps"],
-                "ratio": phases["select_1"]["ratio"],
+            "paths": args.paths,
+            "hops": sorted({h for p in chains for h in chain_hops[p]}),
+            "select_1_tps": figures("select_1", "tps"),
+            "select_10_tps": figures("select_10", "tps"),
+            "connect_10_p90_ms": {p: phases["connect_10"][p]["cycle_p90_ms"] for p in args.paths},
+            "copy_mb_per_s": figures("copy", "mb_per_s"),
+            **{
+                f"{'' if p == 'tunnel' else p + '_'}hop_cpu_ms_per_{unit}": hop_cost(key, p)
+                for p in chains
+                for key, unit in (
+                    ("select_1", "txn_select_1"),
+                    ("select_10", "txn_select_10"),
+                    ("connect_10", "connection"),
+                    ("copy", "mb_copy"),
+                )
             },
-            "select_10_tps": {
-                "direct": phases["select_10"]["direct"]["tps"],
-                "tunnel": phases["select_10"]["tunnel"]["tps"],
-                "ratio": phases["select_10"]["ratio"],
-            },
-            "connect_10_p90_ms": {
-                "direct": phases["connect_10"]["direct"]["cycle_p90_ms"],
-                "tunnel": phases["connect_10"]["tunnel"]["cycle_p90_ms"],
-            },
-            "copy_mb_per_s": {
-                "direct": phases["copy"]["direct"]["mb_per_s"],
-                "tunnel": phases["copy"]["tunnel"]["mb_per_s"],
-                "ratio": phases["copy"]["ratio"],
-            },
-            "hop_cpu_ms_per_txn_select_1": hop_cost("select_1"),
-            "hop_cpu_ms_per_txn_select_10": hop_cost("select_10"),
-            "hop_cpu_ms_per_connection": hop_cost("connect_10"),
-            "hop_cpu_ms_per_mb_copy": hop_cost("copy"),
             "goals": goals,
             "goals_met": all(g["met"] for g in goals.values()),
             "disturbed_phases": disturbed,
@@ -1072,7 +1235,7 @@ def main() -> int:
             summary["other_load_warning"] = (
                 f"load average {load_before:.2f} before measuring; other processes used more "
                 f"than 15 % of a core during {', '.join(disturbed) or 'no phase'}: "
-                "the figures are understated, the tunnel's more than the direct ones"
+                "the figures are understated, the tunnels' more than the direct ones"
             )
         print_report(summary)
         for name, by_phase in bench.spy.items():
