@@ -57,6 +57,9 @@ def sign(
     db_user: str = typer.Option("", "--db-user", help="Database user for --db-service"),
     db_name: str = typer.Option("", "--db-name", help="Database name for --db-service"),
     db_protocol: str = typer.Option("postgres", "--db-protocol", help="Protocol of --db-service"),
+    app_name: str = typer.Option(
+        "", "--app-name", help="Route the user certificate to this application"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Overwrite existing files"),
 ) -> None:
     """Sign a database server certificate (--host) or a user identity (--user)."""
@@ -114,6 +117,13 @@ def sign(
             "username": db_user,
             "database": db_name,
         }
+    app_route = None
+    if app_name:
+        if db_service:
+            raise BadParameter("pass only one of --db-service and --app-name")
+        import uuid
+
+        app_route = {"name": app_name, "session_id": str(uuid.uuid4())}
     if not overwrite and Path(out).exists() and fmt == "file":
         raise AlreadyExists(f"{out} already exists", hint="pass --overwrite to replace it")
     resp = client.call(
@@ -122,6 +132,7 @@ def sign(
         username=user,
         ttl=ttl_s,
         route_to_database=route,
+        route_to_app=app_route,
         strict_ttl=bool(ttl),
     )
     files = write_user_credentials(
