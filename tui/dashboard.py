@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import partial
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -51,6 +52,17 @@ class JumpgateApp(App[None]):
         super().__init__()
         self.state = state or DashboardState(Options())
         self.theme = theme
+
+    def on_mount(self) -> None:
+        """Offer to log in when there is no profile and no tbot to watch."""
+        self._offer_login()
+
+    @work(thread=True, group="startup")
+    def _offer_login(self) -> None:
+        opts = self.state.options
+        if opts.configs or opts.destination_dirs or self.state.profile() is not None:
+            return
+        self.call_from_thread(self.action_login)
 
     def action_toggle_theme(self) -> None:
         """Light ↔ dark."""

@@ -1,0 +1,92 @@
+"""The dashboard in a real terminal: tmux starts ``jumpgate``, send-keys drives it, capture-pane reads it."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Cluster, cli_env
+
+JUMPGATE = str(Path(sys.executable).parent / "jumpgate")
+
+
+class Tmux:
+    """One private tmux server (its own socket) running one window."""
+
+    def __init__(self) -> None:
+        self.socket = f"jg-tui-{uuid.uuid4().hex[:8]}"
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=check,
+        )
+
+    def capture(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "jg", check=False).stdout
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> str:
+        """Poll the screen until ``pattern`` (a regex) shows; return the screen."""
+        deadline = time.monotonic() + timeout
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = self.capture()
+            if re.search(pattern, screen, re.M):
+                return screen
+            time.sleep(0.1)
+        pytest.fail(f"{pattern!r} never appeared; the screen was:\n{screen}", pytrace=False)
+
+    def alive(self) -> bool:
+        return self.run("has-session", "-t", "jg", check=False).returncode == 0
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    if not shutil.which("tmux"):
+        pytest.skip("needs tmux (scripts/install-system-deps.sh installs it)")
+    t = Tmux()
+    try:
+        yield t
+    finally:
+        t.run("kill-server", check=False)
+
+
+def test_databases_list_and_certificate_countdown_in_tmux(
+    db_cluster: Cluster, alice_home: Path, pg_service: Path, tmux: Tmux
+) -> None:
+    env = cli_env()
+    env.update(TELEPORT_HOME=str(alice_home), PGSERVICEFILE=str(pg_service), TERM="xterm-256color")
+    command = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + JUMPGATE
+    tmux.run("new-session", "-d", "-s", "jg", "-x", "150", "-y", "42", command)
+    screen = tmux.wait_for(r"^.*\bpg\b.*postgres.*Example PostgreSQL")
+    assert "1 databases" in screen
+    assert re.search(r"alice@localhost:\d+ .*session \d+h\d\dm\d\ds", screen), screen
+    tmux.run("send-keys", "-t", "jg", "c")
+    screen = tmux.wait_for(r"tsh profile .* alice .*\d+h\d\dm\d\ds")
+    first = re.search(r"tsh profile .*?(\d+h\d\dm\d\ds)", screen)
+    assert first is not None
+    # the countdown is live: it changes while we watch
+    deadline = time.monotonic() + 5
+    now = first.group(1)
+    while now == first.group(1) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        m = re.search(r"tsh profile .*?(\d+h\d\dm\d\ds)", tmux.capture())
+        now = m.group(1) if m else now
+    assert now != first.group(1), "the countdown did not move"
+    tmux.run("send-keys", "-t", "jg", "q")
+    deadline = time.monotonic() + 15
+    while tmux.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not tmux.alive(), tmux.capture()
