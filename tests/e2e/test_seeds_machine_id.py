@@ -24,6 +24,7 @@ import os
 import pwd
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -591,3 +592,79 @@ def test_unit_files_match_what_tbot_install_systemd_writes(world: World, host: P
     ):
         assert f"\n{line}\n" in text, text
     assert os.stat(units / "machine-id.service").st_mode & 0o777 == 0o644
+
+
+SHORT_TTL_ROLE = SEED_000_ROLE.replace("machine-id-db", "short-ttl-db")
+
+
+def test_short_ttls_long_session_and_new_connections(world: World, tmp_path: Path) -> None:
+    """certificate_ttl 30s, renewal_interval 10s: a session outlives the certificate it
+    started with, and new connections keep working with the renewed ones."""
+    import psycopg
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    c = world.cluster
+    c.tctl("create", "-f", "/dev/stdin", input=SHORT_TTL_ROLE)
+    token = bots_add_token(c.tctl("bots", "add", "short", "--roles=short-ttl-db").stdout)
+    dest = tmp_path / "out"
+    cfg = tmp_path / "tbot.yaml"
+    cfg.write_text(
+        SEED_000_TBOT_YAML.format(
+            proxy=world.proxy, token=token, pin=world.pin, root=tmp_path
+        ).replace(f"{tmp_path}/opt/machine-id", str(dest))
+        + "certificate_ttl: 30s\nrenewal_interval: 10s\n"
+    )
+    port = free_port()
+    bot = Unit.write(
+        tmp_path / "tbot.service",
+        SEED_000_UNIT.format(teleport="root", root=tmp_path).replace(
+            f"{tmp_path}/etc/tbot.yaml", str(cfg)
+        ),
+    )
+    proxy = Unit.write(
+        tmp_path / "proxy.service",
+        SEED_000_PROXY_UNIT.format(
+            teleport="root", root=tmp_path, proxy=world.proxy, port=port, tunnel=""
+        )
+        .replace(f"{tmp_path}/etc/tbot.yaml", str(cfg))
+        .replace(f"{tmp_path}/opt/machine-id", str(dest)),
+    )
+    bot.start()
+    try:
+        wait_for(
+            "the first output",
+            lambda: (dest / "tlscert").exists() and b"CERT" in (dest / "tlscert").read_bytes(),
+        )
+        proxy.start()
+        try:
+            wait_for("the local proxy listens", lambda: port_open(port) or not proxy.alive())
+            first = x509.load_pem_x509_certificate((dest / "tlscert").read_bytes())
+            expiry = first.not_valid_after_utc.timestamp()
+            session = psycopg.connect(libpq_conninfo(port, "example", dest, tmp_path / "k0"))
+            session.autocommit = True
+            pid = session.execute("select pg_backend_pid()").fetchone()
+            seen: set[bytes] = {first.fingerprint(hashes.SHA256())}
+            n = 0
+
+            def past_expiry() -> bool:
+                nonlocal n
+                # the session keeps working; each new connection uses the latest files
+                assert session.execute("select pg_backend_pid()").fetchone() == pid
+                n += 1
+                info = libpq_conninfo(port, "example", dest, tmp_path / f"k{n}")
+                with psycopg.connect(info) as fresh:
+                    assert fresh.execute("select 1").fetchone() == (1,)
+                cert = x509.load_pem_x509_certificate((dest / "tlscert").read_bytes())
+                seen.add(cert.fingerprint(hashes.SHA256()))
+                return time.time() > expiry + 2
+
+            wait_for("the first certificate to expire", past_expiry, timeout=90)
+            assert session.execute("select 'still here'").fetchone() == ("still here",)
+            session.close()
+            assert len(seen) >= 3, "tbot renewed the output every 10s"
+            assert bot_status(c, "short")["generation"] >= 3
+        finally:
+            proxy.stop()
+    finally:
+        bot.stop()
