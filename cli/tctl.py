@@ -338,7 +338,7 @@ def audit_ls(
 
 
 def _register_subapps() -> None:
-    from jumpgate.cli import tctl_auth, tctl_users
+    from jumpgate.cli import tctl_apps, tctl_auth, tctl_users
 
     app.add_typer(tctl_users.users_app, name="users")
     app.add_typer(tctl_users.bots_app, name="bots")
@@ -346,6 +346,7 @@ def _register_subapps() -> None:
     app.add_typer(tctl_users.tokens_app, name="tokens")
     app.add_typer(tctl_auth.auth_app, name="auth")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(tctl_apps.apps_app, name="apps")
 
 
 _register_subapps()

@@ -23,6 +23,8 @@ db_app = typer.Typer(help="Database Service commands.", no_args_is_help=True)
 db_configure_app = typer.Typer(help="Database Service configuration.", no_args_is_help=True)
 app.add_typer(install_app, name="install")
 app.add_typer(db_app, name="db")
+app_service_app = typer.Typer(help="Application Service commands.", no_args_is_help=True)
+app.add_typer(app_service_app, name="app")
 db_app.add_typer(db_configure_app, name="configure")
 
 
@@ -310,6 +312,81 @@ def db_start(
         )
     )
     cfg = parse_config(text, "teleport db start flags")
+    setup_logging(level="DEBUG" if debug else "INFO")
+    install_event_loop_policy()
+    asyncio.run(TeleportProcess(cfg).run())
+
+
+@app_service_app.command("start")
+def app_start(
+    token: str = typer.Option(..., "--token", help="Join token, or a path to a file holding it"),
+    proxy: str = typer.Option("", "--proxy", help="Proxy address to join through, host[:port]"),
+    auth_server: str = typer.Option(
+        "", "--auth-server", help="Same as --proxy (Teleport's older spelling)"
+    ),
+    ca_pin: list[str] = typer.Option([], "--ca-pin", help="CA pin(s) of the cluster, sha256:..."),
+    name: str = typer.Option(..., "--name", help="Name of the application"),
+    uri: str = typer.Option(
+        ..., "--uri", help="Where the application listens, http(s)://host:port"
+    ),
+    public_addr: str = typer.Option(
+        "", "--public-addr", help="Public address [default: <name>.<proxy host>]"
+    ),
+    labels: str = typer.Option("", "--labels", help="Static labels, k=v,k2=v2"),
+    insecure_skip_verify: bool = typer.Option(
+        False, "--insecure-skip-verify", help="Do not verify the application's TLS certificate"
+    ),
+    data_dir: str = typer.Option(
+        "/var/lib/teleport", "--data-dir", help="Where the agent keeps its state"
+    ),
+    nodename: str = typer.Option(
+        "", "--nodename", help="Name of this node [default: the host name]"
+    ),
+    debug: bool = typer.Option(False, "-d", "--debug", help="Debug logging"),
+) -> None:
+    """Run an Application Service agent for one web application, configured by flags alone."""
+    import asyncio
+    import json
+    import socket
+
+    from jumpgate.cli.logsetup import setup_logging
+    from jumpgate.core.aio import install_event_loop_policy
+    from jumpgate.core.config import parse_config, parse_labels
+    from jumpgate.core.errors import BadParameter
+    from jumpgate.core.process import TeleportProcess
+
+    addr = proxy or auth_server
+    if not addr:
+        raise BadParameter(
+            "--proxy is required",
+            hint="the proxy's public address, e.g. --proxy=teleport.example.com:443",
+        )
+    if not token.strip():
+        raise BadParameter("--token must not be empty", hint="--token=/tmp/token (file or value)")
+    entry: dict[str, Any] = {"name": name, "uri": uri}
+    if public_addr:
+        entry["public_addr"] = public_addr
+    if labels:
+        entry["labels"] = parse_labels(labels)
+    if insecure_skip_verify:
+        entry["insecure_skip_verify"] = True
+    teleport: dict[str, Any] = {
+        "nodename": nodename or socket.gethostname(),
+        "data_dir": data_dir,
+        "proxy_server": addr,
+        "join_params": {"token_name": token, "method": "token"},
+    }
+    if ca_pin:
+        teleport["ca_pin"] = list(ca_pin)
+    doc = {
+        "version": "v3",
+        "teleport": teleport,
+        "auth_service": {"enabled": "no"},
+        "ssh_service": {"enabled": "no"},
+        "proxy_service": {"enabled": "no"},
+        "app_service": {"enabled": "yes", "apps": [entry]},
+    }
+    cfg = parse_config(json.dumps(doc, indent=1), "teleport app start flags")
     setup_logging(level="DEBUG" if debug else "INFO")
     install_event_loop_policy()
     asyncio.run(TeleportProcess(cfg).run())

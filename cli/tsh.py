@@ -356,9 +356,12 @@ def version(
 
 
 def _register_subapps() -> None:
-    from jumpgate.cli import tsh_db
+    from jumpgate.cli import tsh_apps, tsh_db
 
     app.add_typer(tsh_db.db_app, name="db")
+    app.add_typer(tsh_apps.apps_app, name="apps")
+    app.add_typer(tsh_apps.apps_app, name="app", hidden=True)
+    tsh_db.proxy_app.command("app")(tsh_apps.proxy_app)
     app.add_typer(tsh_db.proxy_app, name="proxy")
 
 
