@@ -306,6 +306,7 @@ class AppFrontend:
             head,
             hint="use the certificate from 'tsh apps login' or a tbot application output "
             "(curl --cert tlscert --key key)",
+            login_url=self.login_url(f"https://{host}{head.target}"),
         )
 
     def _reply(
@@ -316,6 +317,7 @@ class AppFrontend:
         head: Head | None,
         *,
         hint: str | None = None,
+        login_url: str = "",
     ) -> None:
         if head is not None and wants_html(head):
             text = f"<!doctype html><title>{status}</title><h1>{escape(message)}</h1>"
@@ -326,6 +328,8 @@ class AppFrontend:
             err: dict[str, Any] = {"message": message}
             if hint:
                 err["hint"] = hint
+            if login_url:
+                err["login_url"] = login_url
             data = _response(
                 status, json.dumps({"error": err}).encode() + b"\n", content_type="application/json"
             )

@@ -93,6 +93,9 @@ class WebAPI:
 
             register_agent_routes(self.app, info)
         r.add_get("/", self.index)
+        from jumpgate.core.proxy.web_apps import register_app_login_routes
+
+        register_app_login_routes(self.app)  # where app hosts send browsers without a certificate
         # login + invite pages (no-op unless ``info`` is an in-process AuthServer)
         register_login_routes(self.app, info, public_addr=public_addr)
 
