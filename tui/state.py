@@ -93,7 +93,7 @@ class DashboardState:
         """The applications the user can see (``app_server`` resources, or the app client's list)."""
         prof = self.require_profile()
         try:
-            from jumpgate.core.client import appclient  # type: ignore[attr-defined]
+            from jumpgate.core.client import appclient
 
             lister = getattr(appclient, "list_apps", None)
         except ImportError:

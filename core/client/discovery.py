@@ -138,9 +138,10 @@ def profile_certs(profile: Profile) -> list[CertInfo]:
             out.append(info)
     app_dir = profile.key_dir / f"{profile.user}-app" / profile.cluster
     if app_dir.is_dir():
-        for path in sorted(app_dir.glob("*.crt")):
+        for path in sorted([*app_dir.glob("*.crt"), *app_dir.glob("*-x509.pem")]):
             pem = _read(path)
-            info = _cert_info(pem, kind="app", name=path.stem, path=path) if pem else None
+            name = path.name.removesuffix("-x509.pem").removesuffix(".crt")
+            info = _cert_info(pem, kind="app", name=name, path=path) if pem else None
             if info is not None:
                 out.append(info)
     return out

@@ -1,0 +1,154 @@
+"""The setup wizard's whole path against a real cluster: role, bot, tbot.yaml, unit file, a
+local proxy and a successful test connection through it."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from textual.widgets import Input
+
+from jumpgate.tui.dashboard import JumpgateApp
+from jumpgate.tui.screens.dialogs import ConfirmScreen
+from jumpgate.tui.screens.wizard import WizardScreen
+from jumpgate.tui.state import DashboardState, Options
+from tests.conftest import free_port
+from tests.integration.conftest import Cluster
+from tests.tui.conftest import SIZE, run_async, until
+
+
+@pytest.fixture
+def admin(db_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard finds the admin identity as tctl does (TELEPORT_CONFIG_FILE)."""
+    monkeypatch.setenv("TELEPORT_CONFIG_FILE", str(db_cluster.config))
+
+
+async def _fill(screen: WizardScreen, **values: str) -> None:
+    for key, value in values.items():
+        screen.query_one(f"#{key.replace('_', '-')}", Input).value = value
+
+
+async def _next_and_confirm(pilot: Any, app: JumpgateApp, screen: WizardScreen, step: int) -> None:
+    await pilot.click("#next")
+    await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), f"the step {step} dialog")
+    await pilot.click("#yes")
+    await until(pilot, lambda: not screen.busy, f"step {step} to finish", timeout=90)
+    assert screen.step == step + 1, str(screen.query_one("#status").render())
+
+
+def test_whole_path_ends_with_a_successful_test_connection(
+    db_cluster: Cluster, postgres: Path, alice_home: Path, admin: None, tmp_path: Path
+) -> None:
+    config, dest = tmp_path / "etc" / "tbot.yaml", tmp_path / "opt" / "machine-id"
+    unit = tmp_path / "systemd" / "tbot-db-proxy.service"
+    port = free_port()
+    app = JumpgateApp(DashboardState(Options(home=str(alice_home))))
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("w")
+            screen = app.screen
+            assert isinstance(screen, WizardScreen)
+            # step 1: the role (live YAML preview), created as the admin, bot created with it
+            await _fill(
+                screen,
+                role_name="wizard-role",
+                db_names="example",
+                db_users="alice",
+                bot_name="wizbot",
+            )
+            await pilot.pause()
+            preview = str(screen.query_one("#preview1").render())
+            assert "name: wizard-role" in preview and "db_names: [example]" in preview
+            await _next_and_confirm(pilot, app, screen, 1)
+            assert screen.applied is not None and screen.applied.bot_created
+            assert screen.query_one("#token", Input).value == screen.applied.token
+            # step 2: the database output, a new tbot.yaml, tbot run once
+            await until(
+                pilot,
+                lambda: screen.query_one("#proxy-server", Input).value == db_cluster.public_addr,
+                "the proxy address from the profile",
+            )
+            await _fill(
+                screen,
+                service="pg",
+                destination=str(dest),
+                config_path=str(config),
+                storage=str(tmp_path / "bot-data"),
+            )
+            assert screen.query_one("#database", Input).value == "example"
+            assert screen.query_one("#username", Input).value == "alice"
+            await pilot.pause()
+            assert not config.exists()  # nothing is written before the confirmation
+            await _next_and_confirm(pilot, app, screen, 2)
+            # step 3: the seed's unit file, and the proxy started now in tunnel mode
+            await _fill(screen, port=str(port), unit_path=str(unit))
+            await pilot.click("#tunnel")
+            await pilot.pause()
+            assert "--tunnel pg" in str(screen.query_one("#preview3").render())
+            await _next_and_confirm(pilot, app, screen, 3)
+            # step 4: snippets with the real paths, and the test connection
+            snippets = str(screen.query_one("#preview4").render())
+            assert f"port={port}" in snippets and "dbname=example" in snippets
+            await pilot.click("#test")
+            await until(pilot, lambda: bool(screen.test_result), "the test connection", timeout=60)
+            assert screen.test_result.startswith("Connected as alice to example"), (
+                screen.test_result
+            )
+
+    run_async(scenario)
+    assert "wizard-role" in db_cluster.tctl("get", "role/wizard-role").stdout
+    bots = json.loads(db_cluster.tctl("bots", "ls", "--format=json").stdout)
+    (bot,) = [b for b in bots if b["metadata"]["name"] == "wizbot"]
+    assert "wizard-role" in bot["spec"]["roles"]
+    doc = yaml.safe_load(config.read_text())
+    assert doc["services"] == [
+        {
+            "type": "database",
+            "destination": {"type": "directory", "path": str(dest)},
+            "service": "pg",
+            "database": "example",
+            "username": "alice",
+        }
+    ]
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert (dest / "tlscert").exists()
+    text = unit.read_text()
+    assert f"db --port={port} --tunnel pg" in text and f"-c {config} proxy" in text
+    assert stat.S_IMODE(unit.stat().st_mode) == 0o644
+    assert not list(unit.parent.glob(".*"))  # the atomic write left no temporary file
+
+
+def test_validation_and_nothing_written_without_confirmation(
+    db_cluster: Cluster, alice_home: Path, admin: None, tmp_path: Path
+) -> None:
+    app = JumpgateApp(DashboardState(Options(home=str(alice_home))))
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("w")
+            screen = app.screen
+            assert isinstance(screen, WizardScreen)
+            await _fill(screen, role_name="never-role", db_users="alice", bot_name="neverbot")
+            await pilot.click("#next")
+            await pilot.pause()
+            assert screen.step == 1 and not isinstance(app.screen, ConfirmScreen)
+            assert "db names" in str(screen.query_one("#status").render())
+            await _fill(screen, db_names="example", db_labels="env")
+            await pilot.click("#next")
+            await pilot.pause()
+            assert "invalid label" in str(screen.query_one("#status").render())
+            await _fill(screen, db_labels="env=dev")
+            await pilot.click("#next")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the dialog")
+            await pilot.click("#no")  # cancel: nothing happens
+            await pilot.pause()
+            assert screen.step == 1 and screen.applied is None
+
+    run_async(scenario)
+    missing = db_cluster.tctl("get", "role/never-role", check=False)
+    assert missing.returncode != 0
