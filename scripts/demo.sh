@@ -3,7 +3,8 @@
 #   - auth + proxy on an embedded SQLite backend;
 #   - a throwaway PostgreSQL (TLS on, certificate authentication only) enrolled through a
 #     Database Service agent that joins with a db token, as in the self-hosted PostgreSQL guide;
-#   - a user alice with a password, ready for `tsh login`.
+#   - a user alice with a password, ready for `tsh login`;
+#   - a bot (tbot) with a database output, and `tbot proxy db --tunnel` in front of it.
 # Runs in the foreground; Ctrl-C stops everything (state is kept for the next run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -116,9 +117,68 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+# ------------------------------------------------------------------ a bot (Machine ID)
+BOT_CONF=$DEMO/tbot.yaml
+BOT_OUT=$DEMO/machine-id
+new_bot() {
+  $TCTL bots rm demo-bot >/dev/null 2>&1 || true
+  rm -rf "$DEMO/bot-data" "$BOT_OUT"
+  TOKEN=$($TCTL bots add demo-bot --roles=demo-bot-db | sed -n 's/^The bot token: //p')
+  PIN=$($TCTL status | sed -n 's/^CA pin *//p')
+  cat >"$BOT_CONF" <<YAML
+version: v2
+proxy_server: localhost:$WEB
+onboarding:
+  join_method: token
+  token: "$TOKEN"
+  ca_pins: ["$PIN"]
+storage:
+  type: directory
+  path: $DEMO/bot-data
+outputs:
+  - type: database
+    destination:
+      type: directory
+      path: $BOT_OUT
+    service: demo-postgres
+    database: example
+    username: alice
+YAML
+}
+if ! $TCTL get role/demo-bot-db >/dev/null 2>&1; then
+  $TCTL create -f /dev/stdin >/dev/null <<YAML
+kind: role
+version: v7
+metadata:
+  name: demo-bot-db
+spec:
+  allow:
+    db_labels:
+      '*': '*'
+    db_names: [example]
+    db_users: [alice]
+    rules:
+      - resources: [db_server, db]
+        verbs: [read, list]
+YAML
+fi
+# a stored identity older than its TTL (1h) cannot renew: start the demo bot afresh
+[[ -f $BOT_CONF ]] && tbot start -c "$BOT_CONF" --oneshot >>"$DEMO/tbot.log" 2>&1 || new_bot
+tbot start -c "$BOT_CONF" 2>>"$DEMO/tbot.log" &
+PIDS+=($!)
+for _ in $(seq 1 100); do
+  grep -q CERTIFICATE "$BOT_OUT/tlscert" 2>/dev/null && break
+  sleep 0.1
+done
+BOT_PG=$(free_port 15433)
+tbot -c "$BOT_CONF" proxy --destination-dir="$BOT_OUT" db --port="$BOT_PG" --tunnel demo-postgres \
+  >>"$DEMO/tbot-proxy.log" 2>&1 &
+PIDS+=($!)
+
 cat <<TXT
 
- Jumpgate demo is running (logs in $DEMO: teleport.log, db-agent.log, pg/postgres.log)
+ Jumpgate demo is running (logs in $DEMO: teleport.log, db-agent.log, tbot.log,
+ tbot-proxy.log, pg/postgres.log)
 
    Proxy web port   https://localhost:$WEB   (certificate signed by the cluster's host CA)
    PostgreSQL       localhost:$PGPORT (TLS, certificate authentication only), behind the
@@ -134,6 +194,12 @@ $($TCTL status | sed 's/^/   /')
    tsh db connect --db-user=alice --db-name=example demo-postgres
    tsh proxy db --tunnel --port=15432 --db-user=alice --db-name=example demo-postgres
    tctl -c $CONF audit ls
+
+ The bot "demo-bot" (tbot, renewing in $BOT_OUT) serves demo-postgres through
+ an authenticated tunnel — any local client, no certificates needed:
+
+   psql "host=localhost port=$BOT_PG dbname=example user=alice"
+   tctl -c $CONF bots ls
 
  Press Ctrl-C to stop.
 TXT
