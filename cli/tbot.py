@@ -280,7 +280,9 @@ def _proxy_opts(ctx: typer.Context) -> tuple[str, str, str]:
 def proxy_db(
     ctx: typer.Context,
     service: str = typer.Argument(..., help="Database name (the output's service)"),
-    port: int = typer.Option(0, "-p", "--port", help="Local port [default: random]"),
+    port: int = typer.Option(
+        0, "-p", "--port", help="Local port [default: random]", show_default=False
+    ),
     tunnel: bool = typer.Option(
         False, "--tunnel", help="Authenticate here: clients connect without certificates"
     ),
@@ -323,7 +325,9 @@ def proxy_db(
 def proxy_app_cmd(
     ctx: typer.Context,
     app_name: str = typer.Argument(..., help="Application name (the output's app_name)"),
-    port: int = typer.Option(0, "-p", "--port", help="Local port [default: random]"),
+    port: int = typer.Option(
+        0, "-p", "--port", help="Local port [default: random]", show_default=False
+    ),
 ) -> None:
     """Local HTTP proxy to an application, using the application output's certificate."""
     from jumpgate.core.bot.proxy import app_proxy, serve
