@@ -21,6 +21,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from cryptography import x509
 
@@ -183,7 +184,16 @@ def db_proxy(
         client_cert_provider=_db_provider(certs, service) if tunnel else None,
         target=service,
         expired_hint="is tbot start running and renewing this destination?",
+        status_dir=status_dir(),
     )
+
+
+def status_dir() -> Path:
+    """Where ``tbot proxy`` keeps its status file: ``$TELEPORT_HOME/proxies`` (``~/.tsh``),
+    beside ``tsh proxy db``'s, so the dashboard finds both."""
+    from jumpgate.core.client.profile import default_home
+
+    return default_home() / "proxies"
 
 
 class AppLocalProxy(LocalProxy):
@@ -236,6 +246,7 @@ def app_proxy(
         target=app,
         protocol="http",
         expired_hint="is tbot start running and renewing this destination?",
+        status_dir=status_dir(),
     )
 
 
