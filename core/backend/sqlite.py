@@ -56,6 +56,13 @@ from . import (
 
 log = logging.getLogger(__name__)
 
+_UPSERT = (
+    "INSERT INTO kv (key, value, expires, revision) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+    "expires = excluded.expires, revision = excluded.revision"
+)
+_INSERT_EVENT = "INSERT INTO events (type, key, value, expires, revision) VALUES (?, ?, ?, ?, ?)"
+
 __all__ = ["EVENTS_KEEP", "SCHEMA_VERSION", "SQLiteBackend"]
 
 #: Version of the table layout this code writes; newer files are refused.
@@ -269,8 +276,7 @@ class SQLiteBackend(Backend):
     @staticmethod
     def _event(conn: sqlite3.Connection, typ: EventType, item: Item) -> None:
         conn.execute(
-            "INSERT INTO events (type, key, value, expires, revision) VALUES (?, ?, ?, ?, ?)",
-            (str(typ), item.key, item.value, _ts(item.expires), item.revision),
+            _INSERT_EVENT, (str(typ), item.key, item.value, _ts(item.expires), item.revision)
         )
 
     def _live(self, conn: sqlite3.Connection, k: str) -> Item | None:
@@ -282,12 +288,7 @@ class SQLiteBackend(Backend):
 
     def _store(self, conn: sqlite3.Connection, item: Item) -> Item:
         stored = Item(item.key, item.value, item.expires, self._bump(conn))
-        conn.execute(
-            "INSERT INTO kv (key, value, expires, revision) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-            "expires = excluded.expires, revision = excluded.revision",
-            (stored.key, stored.value, _ts(stored.expires), stored.revision),
-        )
+        conn.execute(_UPSERT, (stored.key, stored.value, _ts(stored.expires), stored.revision))
         self._event(conn, EventType.PUT, stored)
         return stored
 
@@ -335,10 +336,22 @@ class SQLiteBackend(Backend):
             return self._store(conn, item)
 
     async def put_many(self, items: Sequence[Item]) -> list[Item]:
-        """Create or overwrite several items in one transaction (audit batches)."""
+        """Create or overwrite several items in one transaction (audit batches).
+
+        One revision reservation and two ``executemany`` calls for the whole batch
+        (items keep their order: a key given twice ends with its last value).
+        """
         checked = [check_item(i) for i in items]
+        if not checked:
+            return []
         with self._lock, self._txn() as conn:
-            return [self._store(conn, i) for i in checked]
+            first = self._bump(conn, len(checked))
+            stored = [Item(i.key, i.value, i.expires, first + n) for n, i in enumerate(checked)]
+            rows = [(i.key, i.value, _ts(i.expires), i.revision) for i in stored]
+            conn.executemany(_UPSERT, rows)
+            put = str(EventType.PUT)
+            conn.executemany(_INSERT_EVENT, [(put, *row) for row in rows])
+            return stored
 
     async def create(self, item: Item) -> Item:
         """Store ``item``; AlreadyExists if a live item has its key."""

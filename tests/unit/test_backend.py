@@ -184,6 +184,28 @@ def test_revisions_increase(make: Factory) -> None:
     with_backend(make, body)
 
 
+def test_put_many_revisions_order_and_watch(make: Factory) -> None:
+    async def body(b: Backend) -> None:
+        before = (await b.put(Item("/x", b"0"))).revision
+        w = b.watch(["/e/"])
+        stored = await b.put_many(
+            [Item("/e/1", b"a"), Item("/e/2", b"b"), Item("/e/1", b"c", expires=None)]
+        )
+        assert [i.revision for i in stored] == [before + 1, before + 2, before + 3]
+        assert (await b.get("/e/1")).value == b"c"  # the later value of a repeated key wins
+        assert (await b.get("/e/1")).revision == before + 3
+        got = [await w.next(2) for _ in range(3)]
+        assert [(e.item.key, e.item.value, e.item.revision) for e in got] == [
+            ("/e/1", b"a", before + 1),
+            ("/e/2", b"b", before + 2),
+            ("/e/1", b"c", before + 3),
+        ]
+        assert await b.put_many([]) == []
+        assert (await b.put(Item("/y", b"1"))).revision == before + 4
+
+    with_backend(make, body)
+
+
 def test_bad_items_rejected(make: Factory) -> None:
     async def body(b: Backend) -> None:
         with pytest.raises(BadParameter, match="non-empty"):
