@@ -72,6 +72,8 @@ def test_local_proxy_started_from_the_dashboard_carries_a_query(
             await pilot.press("s")
             await until(pilot, lambda: isinstance(app.screen, DbOptionsScreen), "the dialog")
             dialog = app.screen
+            ok = dialog.query_one("#ok")
+            await until(pilot, lambda: ok.region.area > 0, "the dialog's layout")
             dialog.query_one("#db-user").value = "alice"  # type: ignore[attr-defined]
             dialog.query_one("#db-name").value = "example"  # type: ignore[attr-defined]
             await pilot.click("#ok")

@@ -35,6 +35,8 @@ async def _fill(screen: WizardScreen, **values: str) -> None:
 async def _next_and_confirm(pilot: Any, app: JumpgateApp, screen: WizardScreen, step: int) -> None:
     await pilot.click("#next")
     await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), f"the step {step} dialog")
+    yes = app.screen.query_one("#yes")
+    await until(pilot, lambda: yes.region.area > 0, "the dialog's layout")
     await pilot.click("#yes")
     await until(pilot, lambda: not screen.busy, f"step {step} to finish", timeout=90)
     assert screen.step == step + 1, str(screen.query_one("#status").render())
@@ -145,6 +147,8 @@ def test_validation_and_nothing_written_without_confirmation(
             await _fill(screen, db_labels="env=dev")
             await pilot.click("#next")
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the dialog")
+            no = app.screen.query_one("#no")
+            await until(pilot, lambda: no.region.area > 0, "the dialog's layout")
             await pilot.click("#no")  # cancel: nothing happens
             await pilot.pause()
             assert screen.step == 1 and screen.applied is None

@@ -61,6 +61,8 @@ class AuditScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.events: dict[str, dict[str, Any]] = {}
+        #: The highlighted event as JSON
+        self.detail = ""
 
     @property
     def state(self) -> DashboardState:
@@ -146,4 +148,5 @@ class AuditScreen(Screen[None]):
             pane.update("")
             return
         ev = self.events.get(event.row.key, {})
-        pane.update(Syntax(json.dumps(ev, indent=2, default=str), "json", word_wrap=True))
+        self.detail = json.dumps(ev, indent=2, default=str)
+        pane.update(Syntax(self.detail, "json", word_wrap=True))

@@ -27,6 +27,12 @@ class LoginScreen(ModalScreen[bool]):
     def __init__(self, state: DashboardState) -> None:
         super().__init__()
         self.state = state
+        #: The last progress or error text shown under the form
+        self.message = ""
+
+    def _say(self, text: str) -> None:
+        self.message = text
+        self.query_one("#detail", Static).update(text)
 
     def compose(self) -> ComposeResult:
         import getpass
@@ -64,9 +70,9 @@ class LoginScreen(ModalScreen[bool]):
         proxy = self.query_one("#proxy", Input).value.strip()
         user = self.query_one("#user", Input).value.strip()
         if not proxy or not user:
-            self.query_one("#detail", Static).update("The proxy and the user are required.")
+            self._say("The proxy and the user are required.")
             return
-        self.query_one("#detail", Static).update("Logging in…")
+        self._say("Logging in…")
         self.query_one("#ok", Button).disabled = True
         self.login(
             proxy,
@@ -138,7 +144,7 @@ class LoginScreen(ModalScreen[bool]):
         self.app.call_from_thread(self._done, res.username, addr)
 
     def _failed(self, exc: JumpgateError) -> None:
-        self.query_one("#detail", Static).update(error_text(exc))
+        self._say(error_text(exc))
         self.query_one("#ok", Button).disabled = False
         self.query_one("#password", Input).focus()
 

@@ -1,0 +1,190 @@
+"""Local proxies (a real tbot proxy), audit (the admin's view of the cluster's log), apps and login."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from jumpgate.core.client.pgquery import run_query
+from jumpgate.core.client.snippets import ConnParams
+from jumpgate.tui.dashboard import JumpgateApp
+from jumpgate.tui.screens.apps import AppsScreen
+from jumpgate.tui.screens.audit import AuditScreen
+from jumpgate.tui.screens.databases import DatabasesScreen
+from jumpgate.tui.screens.dialogs import ConfirmScreen
+from jumpgate.tui.screens.login import LoginScreen
+from jumpgate.tui.screens.proxies import ProxiesScreen
+from jumpgate.tui.state import DashboardState, Options
+from jumpgate.tui.widgets.resource_table import ResourceTable
+from tests.conftest import free_port
+from tests.integration.conftest import Cluster, cli_env, parse_status
+from tests.integration.dbhelpers import PASSWORD, invite_user
+from tests.integration.test_tbot import DB_ROLE, TBOT, add_bot, db_output, seed_config, tbot
+from tests.tui.conftest import SIZE, run_async, until
+
+
+@pytest.fixture
+def tbot_dest(db_cluster: Cluster, tmp_path: Path) -> Path:
+    """A database output for "pg" written by tbot start --oneshot."""
+    db_cluster.tctl("create", "-f", "/dev/stdin", input=DB_ROLE)
+    pin = parse_status(db_cluster.tctl("status").stdout)["CA pin"]
+    _, token = add_bot(db_cluster)
+    dest = tmp_path / "machine-id"
+    cfg = seed_config(
+        tmp_path / "tbot.yaml",
+        addr=db_cluster.public_addr,
+        token=token,
+        pin=pin,
+        storage=tmp_path / "bot",
+        outputs=db_output(dest, service="pg"),
+    )
+    tbot("start", "-c", cfg, "--oneshot")
+    return dest
+
+
+def test_proxies_screen_shows_a_running_tbot_proxy_live(
+    db_cluster: Cluster, postgres: Path, alice_home: Path, tbot_dest: Path
+) -> None:
+    port = free_port()
+    env = cli_env()
+    env["TELEPORT_HOME"] = str(alice_home)
+    proc = subprocess.Popen(
+        [
+            TBOT,
+            "proxy",
+            f"--destination-dir={tbot_dest}",
+            f"--proxy={db_cluster.public_addr}",
+            "db",
+            f"--port={port}",
+            "--tunnel",
+            "pg",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    app = JumpgateApp(DashboardState(Options(home=str(alice_home))))
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("p")
+            screen = app.screen
+            assert isinstance(screen, ProxiesScreen)
+
+            def mine() -> list:  # type: ignore[type-arg]
+                return [p for p in screen.proxies if p.listen == f"127.0.0.1:{port}"]
+
+            await until(pilot, lambda: bool(mine()), "the tbot proxy")
+            (p,) = mine()
+            assert (p.program, p.pid, p.mode, p.target) == ("tbot", proc.pid, "tunnel", "pg")
+            assert p.connections_total == 0
+            res = run_query(
+                ConnParams("127.0.0.1", port, "alice", "example", tunnel=True), "select 1"
+            )
+            assert res.rows == [["1"]]
+            await until(
+                pilot,
+                lambda: bool(mine()) and mine()[0].connections_total == 1,
+                "the connection in the status",
+            )
+            assert mine()[0].bytes_in > 0
+            hist = screen.history[screen.key(mine()[0])]
+            await until(pilot, lambda: max(hist) > 0, "throughput in the sparkline data")
+            # stopping a proxy this dashboard did not start is refused with an explanation
+            await pilot.press("x")
+            await pilot.pause()
+            assert proc.poll() is None
+            assert any("Only proxies started" in str(n.message) for n in app._notifications)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=15) == 0
+            await until(pilot, lambda: not mine(), "the proxy to leave the list")
+
+    try:
+        run_async(scenario)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_audit_screen_lists_filters_and_details_events(
+    db_cluster: Cluster, alice_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TELEPORT_CONFIG_FILE", str(db_cluster.config))
+    db_cluster.tctl("create", "-f", "/dev/stdin", input=DB_ROLE)  # an event to find
+    app = JumpgateApp(DashboardState(Options(home=str(alice_home))))
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("u")
+            screen = app.screen
+            assert isinstance(screen, AuditScreen)
+            table = screen.query_one("#events", ResourceTable)
+            await until(pilot, lambda: bool(table.rows), "audit events")
+            await pilot.press("slash", *"event=role.created name=machine-id-db", "enter")
+            await until(pilot, lambda: len(table.view) >= 1, "the filtered event")
+            row = table.current
+            assert row is not None and row.cells[1] == "role.created"
+            assert '"name": "machine-id-db"' in screen.detail
+
+    run_async(scenario)
+
+
+def test_apps_screen_without_apps(db_cluster: Cluster, alice_home: Path) -> None:
+    app = JumpgateApp(DashboardState(Options(home=str(alice_home))))
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("a")
+            screen = app.screen
+            assert isinstance(screen, AppsScreen)
+            count = screen.query_one("#app-count")
+            await until(pilot, lambda: "Loading" not in str(count.render()), "the app list")
+            assert "No applications" in str(count.render()) or "0 applications" in str(
+                count.render()
+            )
+            await pilot.press("o")  # nothing selected: a warning, no crash
+            await pilot.pause()
+
+    run_async(scenario)
+
+
+def test_login_dialog_logs_in_with_the_tsh_login_steps(
+    db_cluster: Cluster, tmp_path: Path, pg_service: Path
+) -> None:
+    host_ca = db_cluster.tctl("auth", "export", "--type=tls-host").stdout
+    invite_user(
+        db_cluster, host_ca, "dora", "--roles=access", "--db-users=alice", "--db-names=example"
+    )
+    home = tmp_path / "tsh"
+    # localhost is a loopback name: trusted on first use, as tsh login does
+    app = JumpgateApp(
+        DashboardState(Options(home=str(home), proxy=db_cluster.public_addr, user="dora"))
+    )
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login offer")
+            login = app.screen
+            ok = login.query_one("#ok")
+            await until(pilot, lambda: ok.region.area > 0, "the dialog's layout")
+            login.query_one("#password").value = "wrong password"  # type: ignore[attr-defined]
+            await pilot.click("#ok")
+            await until(pilot, lambda: "invalid" in login.message, f"the refusal ({login.message})")  # type: ignore[attr-defined]
+            login.query_one("#password").value = PASSWORD  # type: ignore[attr-defined]
+            await pilot.click("#ok")
+            await until(pilot, lambda: isinstance(app.screen, DatabasesScreen), "the login")
+            table = app.screen.query_one("#dbs", ResourceTable)
+            await until(pilot, lambda: [r.key for r in table.rows] == ["pg"], "the databases")
+            assert not isinstance(app.screen, ConfirmScreen)
+
+    run_async(scenario)
+    prof = DashboardState(Options(home=str(home))).profile()
+    assert prof is not None and prof.user == "dora"
+    assert oct(os.stat(prof.key_path).st_mode & 0o777) == "0o600"
