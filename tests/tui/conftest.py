@@ -58,3 +58,25 @@ def alice_home(db_cluster: Cluster, tmp_path: Path, pg_service: Path) -> Path:
     home = tmp_path / "tsh"
     saved_profile(db_cluster, home, tmp_path)
     return home
+
+
+#: Where the guide's screenshots go (docs/guides/dashboard.md).
+DOC_IMG = Path(_REPO) / "docs" / "guides" / "img"
+
+
+def doc_shot(app: Any, name: str) -> None:
+    """With ``JUMPGATE_DOC_SHOTS=1``, save the screen as ``docs/guides/img/<name>.svg``."""
+    import os
+
+    if os.environ.get("JUMPGATE_DOC_SHOTS") == "1":
+        DOC_IMG.mkdir(parents=True, exist_ok=True)
+        app.save_screenshot(filename=f"{name}.svg", path=str(DOC_IMG))
+
+
+def no_blink(app: Any) -> None:
+    """Stop every input's cursor from blinking (stable screenshots)."""
+    from textual.widgets import Input
+
+    for screen in app.screen_stack:
+        for box in screen.query(Input):
+            box.cursor_blink = False
