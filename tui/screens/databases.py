@@ -83,6 +83,8 @@ class DatabasesScreen(Screen[None]):
         super().__init__()
         self.dbs: dict[str, dict[str, Any]] = {}
         self.profile: Profile | None = None
+        #: The database in the details pane
+        self._shown: str | None = None
 
     @property
     def state(self) -> DashboardState:
@@ -134,6 +136,7 @@ class DatabasesScreen(Screen[None]):
 
     def _loaded(self, prof: Profile, dbs: list[dict[str, Any]], rows: list[Row]) -> None:
         self.profile = prof
+        self._shown = None  # the snippets depend on the profile
         self.show_databases(dbs, rows)
 
     def show_databases(self, dbs: list[dict[str, Any]], rows: list[Row] | None = None) -> None:
@@ -196,11 +199,12 @@ class DatabasesScreen(Screen[None]):
     # ------------------------------------------------------------------ details
     @on(ResourceTable.Highlighted, "#dbs")
     def _highlighted(self, event: ResourceTable.Highlighted) -> None:
+        key = event.row.key if event.row is not None else None
+        if key == self._shown and key is not None:
+            return  # the same database (a filter kept it under the cursor): no re-layout
+        self._shown = key
         details = self.query_one("#details", Static)
-        if event.row is None:
-            details.update("No database matches.")
-            return
-        details.update(self.details_text(event.row.key))
+        details.update("No database matches." if key is None else self.details_text(key))
 
     def _conn(self, name: str) -> snippets.ConnParams | None:
         """Connection parameters through a local proxy (a running one when there is one)."""
@@ -351,7 +355,8 @@ class DatabasesScreen(Screen[None]):
 
     def _proxy_started(self, name: str, host: str, port: int, mode: str) -> None:
         self.notify(f"Local proxy for {name} on {host}:{port} ({mode} mode)", title="Started")
-        self.query_one("#details", Static).update(self.details_text(name))
+        if self._shown == name:
+            self.query_one("#details", Static).update(self.details_text(name))
 
     def action_copy(self) -> None:
         """Copy the libpq connection string of the selected database."""
