@@ -64,6 +64,7 @@ async def start_app_service(proc: TeleportProcess, host_id: str) -> AppService:
     )
     if proc.services.proxy is not None:
         service.local_registry = proc.services.proxy.tunnels
+        service.local_frontend = proc.services.proxy.apps
     await service.start()
     return service
 

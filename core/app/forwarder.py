@@ -161,6 +161,7 @@ class AppSession:
         self.down.connection_made(transport)
         if initial:
             self.down.data_received(initial)
+        self.down.update_reading()
 
     async def wait(self) -> None:
         """Until both connections are closed."""

@@ -137,6 +137,7 @@ class LiveAppSession:
     identity: Identity
     app: str
     forwarder: AppSession
+    uri: str = ""
     started: float = field(default_factory=time.monotonic)
     #: requests since the last chunk event: (method, path, query, status)
     recent: list[tuple[str, str, str, int]] = field(default_factory=list)
@@ -190,6 +191,8 @@ class AppService:
         self.proxy_sni = proxy_sni
         self.state = AppServiceState()
         self.local_registry: Any = None
+        #: the proxy's app frontend in this process: it hands connections over directly
+        self.local_frontend: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._events: list[dict[str, Any]] = []
         self._events_ready = asyncio.Event()
@@ -208,6 +211,8 @@ class AppService:
         self._tasks.append(spawn(self._audit_loop(), name="app-audit"))
         if self.selectors:
             self._tasks.append(spawn(self._dynamic_loop(), name="app-dynamic"))
+        if self.local_frontend is not None:
+            self.local_frontend.local_agents[self.host_id] = self
         if self.local_registry is not None:
             self.local_registry.add_local(self.host_id, self._local_session, service="app")
         else:
@@ -228,6 +233,8 @@ class AppService:
         """Stop serving; live sessions are closed and their events flushed."""
         if self.local_registry is not None:
             self.local_registry.remove_local(self.host_id, service="app")
+        if self.local_frontend is not None:
+            self.local_frontend.local_agents.pop(self.host_id, None)
         for sess in list(self.state.live.values()):
             sess.forwarder.close("the App Service is stopping")
         audit = self._tasks[2] if len(self._tasks) > 2 else None
@@ -371,23 +378,30 @@ class AppService:
     async def handle_session(
         self, transport: asyncio.Transport, handshake: Any, header: dict[str, Any]
     ) -> None:
-        """Serve one session that arrived through a tunnel."""
+        """Serve one session that arrived through a tunnel (one answer line, then HTTP)."""
         from jumpgate.core.db.tunnel import encode_line
 
+        answer, live = await self.authorize(header)
+        handshake.write(encode_line(answer))
+        if live is None:
+            transport.close()
+            return
+        await self.serve(live, transport, handshake.take_buffer())
+
+    async def authorize(
+        self, header: dict[str, Any]
+    ) -> tuple[dict[str, Any], LiveAppSession | None]:
+        """Ask the auth service about a session header: the answer, and the session if allowed."""
         name = str(header.get("app", ""))
         session_id = str(header.get("session_id", ""))
         app = self.apps.get(name)
 
-        def refuse(status: int, reason: str, hint: str = "") -> None:
+        def refuse(status: int, reason: str, hint: str = "") -> tuple[dict[str, Any], None]:
             self.state.sessions_denied += 1
-            handshake.write(
-                encode_line({"ok": False, "status": status, "reason": reason, "hint": hint})
-            )
-            transport.close()
+            return {"ok": False, "status": status, "reason": reason, "hint": hint}, None
 
         if header.get("type") != "session" or app is None:
-            refuse(404, f'application "{name}" is not served by this App Service')
-            return
+            return refuse(404, f'application "{name}" is not served by this App Service')
         cert_pem = str(header.get("identity_cert", ""))
         try:
             decision = await self.auth.call(
@@ -398,16 +412,14 @@ class AppService:
                 session_id=session_id,
             )
         except JumpgateError as exc:
-            refuse(502, f"the App Service cannot reach the auth service: {exc.message}")
-            return
+            return refuse(502, f"the App Service cannot reach the auth service: {exc.message}")
         if not decision.get("allowed"):
-            refuse(
+            return refuse(
                 403, str(decision.get("reason") or "access denied"), str(decision.get("hint") or "")
             )
-            return
         identity = identity_from_certificate(x509.load_pem_x509_certificate(cert_pem.encode()))
         forwarder = self._forwarder(app, header, decision)
-        live = LiveAppSession(session_id, identity, name, forwarder)
+        live = LiveAppSession(session_id, identity, name, forwarder, uri=app.uri)
 
         def on_request(method: str, target: str, status: int) -> None:
             live.unreported += 1
@@ -416,12 +428,18 @@ class AppService:
                 live.recent.append((method, path, query, status))
 
         forwarder.on_request = on_request
-        key = f"{session_id}/{id(forwarder)}"
+        return {"ok": True}, live
+
+    async def serve(
+        self, live: LiveAppSession, transport: asyncio.BaseTransport, initial: bytes
+    ) -> None:
+        """Forward HTTP on ``transport`` (the tunnel, or the client's own connection in-process)."""
+        forwarder = live.forwarder
+        key = f"{live.session_id}/{id(forwarder)}"
         self.state.live[key] = live
         self.state.sessions_total += 1
-        handshake.write(encode_line({"ok": True}))
-        forwarder.start(transport, handshake.take_buffer())
-        expiry = _expiry_timer(forwarder, identity)
+        forwarder.start(transport, initial)
+        expiry = _expiry_timer(forwarder, live.identity)
         try:
             await forwarder.wait()
         finally:
@@ -432,10 +450,10 @@ class AppService:
                 self._chunk(live)
             self._record(
                 "app.session.end",
-                sid=session_id,
-                app_name=name,
-                app_uri=app.uri,
-                user=identity.username,
+                sid=live.session_id,
+                app_name=live.app,
+                app_uri=live.uri,
+                user=live.identity.username,
                 requests=forwarder.requests,
                 bytes_sent=forwarder.bytes_down,
                 bytes_received=forwarder.bytes_up,

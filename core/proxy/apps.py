@@ -88,6 +88,8 @@ class AppFrontend:
         self._catalogue: list[Any] = []
         self._catalogue_at = 0.0
         self._refresh_task: asyncio.Task[None] | None = None
+        #: App Services running in this process (host id → service): served without a tunnel
+        self.local_agents: dict[str, Any] = {}
         self.sessions_started = 0
 
     # ------------------------------------------------------------------ hosts
@@ -208,7 +210,24 @@ class AppFrontend:
         random.shuffle(hosts)
         hosts.sort(key=lambda h: not self.registry.is_connected(h, service="app"))
         last_error = ""
+        hosts.sort(key=lambda h: h not in self.local_agents)
         for host_id in hosts:
+            local = self.local_agents.get(host_id)
+            if local is not None:
+                # same process: the agent forwards on the client's connection itself
+                answer, live = await local.authorize(header)
+                if live is None:
+                    self._reply(
+                        hs,
+                        int(answer.get("status") or 403),
+                        str(answer.get("reason")),
+                        head,
+                        hint=str(answer.get("hint") or "") or None,
+                    )
+                    return
+                self.sessions_started += 1
+                await local.serve(live, hs.transport, hs.take_buffer())
+                return
             try:
                 _, agent = await self.registry.open(host_id, header, service="app")
                 answer = await asyncio.wait_for(read_json_line(agent), 30.0)
