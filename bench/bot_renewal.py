@@ -444,6 +444,15 @@ def run_bench(args: argparse.Namespace, cluster: Cluster, root: Path) -> dict[st
             f"({args.workers} client processes, worker start-up included)",
             flush=True,
         )
+        if args.max_load > 0:
+            w0 = time.monotonic()
+            while loadavg() > args.max_load and time.monotonic() - w0 < args.max_wait:
+                time.sleep(5)
+            print(
+                f"load: 1-minute load average {loadavg():.2f} after waiting "
+                f"{time.monotonic() - w0:.0f} s (--max-load {args.max_load:g})",
+                flush=True,
+            )
         events_before = asyncio.run(admin_call(count_renewal_events))
         log_offset = cluster.log_path.stat().st_size
 
@@ -647,6 +656,16 @@ def main() -> int:
         default=2,
         help="client processes the bots are spread over (default 2, one per core: a single "
         "event loop driving every bot would add its own queueing to the latencies)",
+    )
+    ap.add_argument(
+        "--max-load",
+        type=float,
+        default=0.0,
+        help="before the renewals, wait until the 1-minute load average is at most this "
+        "(0: do not wait)",
+    )
+    ap.add_argument(
+        "--max-wait", type=float, default=600.0, help="longest wait for --max-load (default 600)"
     )
     ap.add_argument("--json-out", type=Path, default=BENCH / "results" / "bot_renewal.json")
     ap.add_argument(

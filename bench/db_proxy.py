@@ -1106,9 +1106,7 @@ def main() -> int:
                 ("tsh proxy db --tunnel", setup.start_tunnel),
             ]
         if "bot" in args.paths:
-            steps.append(
-                ("tctl bots add, tbot start --oneshot, tbot proxy", setup.start_bot_tunnel)
-            )
+            steps.append(("bots add, tbot start --oneshot, tbot proxy", setup.start_bot_tunnel))
         steps.append(("check every path (psql)", setup.check_paths))
         for label, step in steps:
             t0 = time.perf_counter()
