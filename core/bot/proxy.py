@@ -272,4 +272,7 @@ def serve(proxy: LocalProxy, on_started: Callable[[str, int], None] | None = Non
                 loop.remove_signal_handler(sig)
             await proxy.close()
 
+    from jumpgate.core.aio import install_event_loop_policy
+
+    install_event_loop_policy()  # uvloop: about half the CPU per relayed message
     asyncio.run(main())
