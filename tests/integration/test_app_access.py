@@ -388,3 +388,125 @@ def test_a_lock_cuts_a_live_session_and_refuses_new_ones(cluster: Cluster, tmp_p
         assert "locked" in out.lower() or "lock" in out.lower(), out
     finally:
         stop_process(proc)
+
+
+# ---------------------------------------------------------------------- people and agents
+def test_tsh_apps_ls_login_config_proxy_logout(
+    cluster: Cluster, bot: tuple[str, Path], tmp_path: Path
+) -> None:
+    from tests.integration.dbhelpers import login, tsh
+
+    _, dest = bot
+    home = tmp_path / "tsh"
+    from tests.integration.dbhelpers import invite_user
+
+    invite_user(
+        cluster, (dest / "teleport-host-ca.crt").read_text(), "dana", "--roles=app-dev-only"
+    )
+    login(cluster, home, "dana")
+    ls = tsh(home, "apps", "ls").stdout
+    assert APP in ls and "prod-app" not in ls  # app-dev-only sees env=dev apps only
+    listed = json.loads(tsh(home, "apps", "ls", "--format=json").stdout)
+    assert [a["name"] for a in listed] == [APP]
+    out = tsh(home, "apps", "login", APP).stdout
+    assert f"Logged into app {APP}" in out and "-x509.pem" in out
+    assert f"> {APP}" in tsh(home, "apps", "ls").stdout
+    cfg = json.loads(tsh(home, "apps", "config", "--format=json").stdout)
+    assert cfg["uri"] == f"https://{APP}.localhost:{cluster.web_port}"
+    assert tsh(home, "apps", "config", "--format=uri").stdout.strip() == cfg["uri"]
+    got = curl(
+        cluster, "/api/users", cert=Path(cfg["cert"]), key=Path(cfg["key"]), ca=Path(cfg["ca"])
+    )
+    assert json.loads(got.stdout)[0]["login"] == "admin"
+    assert (Path(cfg["cert"]).stat().st_mode & 0o777) == 0o600
+    missing = tsh(home, "apps", "login", "prod-app", check=False)
+    assert missing.returncode != 0 and 'application "prod-app" not found' in missing.stderr
+
+    port = free_port()
+    import subprocess
+
+    from tests.integration.dbhelpers import TSH, tsh_env
+
+    proc = subprocess.Popen(
+        [TSH, "proxy", "app", APP, f"--port={port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=tsh_env(home),
+    )
+    try:
+        assert proc.stdout is not None
+        assert f"Proxying connections to {APP} on 127.0.0.1:{port}" in proc.stdout.readline()
+        assert json.loads(curl_plain(port, "/api/users"))[0]["login"] == "admin"
+    finally:
+        stop_process(proc)
+    assert f'Logged out of app "{APP}"' in tsh(home, "apps", "logout").stdout
+    assert not Path(cfg["cert"]).exists()
+
+
+def test_a_separate_app_agent_joins_with_a_token_and_serves_through_the_tunnel(
+    cluster: Cluster, bot: tuple[str, Path], upstream: int, tmp_path: Path
+) -> None:
+    import re
+    import subprocess
+
+    from tests.integration.conftest import TELEPORT, cli_env, parse_status
+
+    out = cluster.tctl(
+        "tokens",
+        "add",
+        "--type=app",
+        "--app-name=remote-app",
+        f"--app-uri=http://127.0.0.1:{upstream}",
+    ).stdout
+    assert "teleport app start" in out and "--name=remote-app" in out
+    token = re.search(r"--token=([0-9a-f]+)", out).group(1)  # type: ignore[union-attr]
+    pin = parse_status(cluster.tctl("status").stdout)["CA pin"]
+    log = (tmp_path / "agent.log").open("wb")
+    agent = subprocess.Popen(
+        [
+            TELEPORT,
+            "app",
+            "start",
+            f"--token={token}",
+            f"--ca-pin={pin}",
+            f"--auth-server={cluster.public_addr}",
+            "--name=remote-app",
+            f"--uri=http://127.0.0.1:{upstream}",
+            "--labels=env=dev",
+            f"--data-dir={tmp_path / 'agent'}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=cli_env(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "remote-app" not in cluster.tctl("apps", "ls").stdout:
+            assert agent.poll() is None, (tmp_path / "agent.log").read_text()
+            assert time.monotonic() < deadline, "the agent's app never appeared in tctl apps ls"
+            time.sleep(0.2)
+        row = next(r for r in cluster.tctl("apps", "ls").stdout.splitlines() if "remote-app" in r)
+        assert "remote-app.localhost" in row and "env=dev" in row
+        _, _, dest = app_bot(cluster, tmp_path / "bot", app="remote-app")
+        got = curl(cluster, "/api/headers", app="remote-app", **certs(dest))
+        headers = json.loads(got.stdout)
+        assert headers["X-Forwarded-Host"] == f"remote-app.localhost:{cluster.web_port}"
+        assert headers["Teleport-Jwt-Assertion"].count(".") == 2
+        answers = websocket_echo(
+            f"https://remote-app.localhost:{cluster.web_port}/ws",
+            ["tunnel"],
+            ssl_ctx=tls_context(dest),
+            resolve_port=cluster.web_port,
+        )
+        assert answers == ["echo: tunnel"]
+    finally:
+        import signal
+
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=20) == 0
+        log.close()
+    text = (tmp_path / "agent.log").read_text()
+    assert "Traceback" not in text and "shutdown: stopping the Application Service" in text
