@@ -1,0 +1,126 @@
+"""Sans-io HTTP/1.1 pieces of the app forwarder, the JWT signer and header templates."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jumpgate.core.app.http1 import (
+    CHUNKED,
+    LENGTH,
+    NONE,
+    UNTIL_CLOSE,
+    ChunkedScanner,
+    HTTPError,
+    head_end,
+    parse_request_head,
+    parse_response_head,
+    request_framing,
+    response_framing,
+)
+from jumpgate.core.app.jwt import app_claims, sign_es256
+from jumpgate.core.app.rewrite import render_headers
+from jumpgate.core.tlsca import generate_private_key
+
+BODY = b"5\r\nhello\r\n1;ext=1\r\n \r\n0\r\nTrailer: x\r\n\r\n"
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(BODY)), max_size=8))
+def test_chunked_scanner_finds_the_end_across_any_split(cuts: list[int]) -> None:
+    data = BODY + b"NEXT"
+    points = sorted({c for c in cuts if c < len(data)})
+    pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    sc = ChunkedScanner()
+    consumed = 0
+    for piece in pieces:
+        end = sc.feed(piece)
+        if end >= 0:
+            consumed += end
+            break
+        consumed += len(piece)
+    assert consumed == len(BODY)
+
+
+def test_chunked_scanner_refuses_bad_sizes() -> None:
+    with pytest.raises(HTTPError):
+        ChunkedScanner().feed(b"zz\r\n")
+    with pytest.raises(HTTPError):
+        ChunkedScanner().feed(b"-5\r\n")
+
+
+def test_request_framing_and_smuggling_guards() -> None:
+    raw = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n"
+    assert head_end(raw + b"body") == len(raw)
+    assert request_framing(parse_request_head(raw)) == (LENGTH, 10)
+    te = parse_request_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert request_framing(te) == (CHUNKED, 0)
+    both = parse_request_head(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+    )
+    with pytest.raises(HTTPError):
+        request_framing(both)
+    two = parse_request_head(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n")
+    with pytest.raises(HTTPError):
+        request_framing(two)
+    with pytest.raises(HTTPError):
+        parse_request_head(b"GET / HTTP/1.1\r\n folded: x\r\n\r\n")
+    with pytest.raises(HTTPError) as exc:
+        parse_request_head(b"GET / HTTP/2.0\r\n\r\n")
+    assert exc.value.status == 505
+    assert request_framing(parse_request_head(b"GET / HTTP/1.1\r\n\r\n")) == (NONE, 0)
+
+
+def test_response_framing() -> None:
+    ok = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    assert response_framing(ok, "GET") == (LENGTH, 5)
+    assert response_framing(ok, "HEAD") == (NONE, 0)
+    nc = parse_response_head(b"HTTP/1.1 304 Not Modified\r\n\r\n")
+    assert response_framing(nc, "GET") == (NONE, 0)
+    eof = parse_response_head(b"HTTP/1.0 200 OK\r\n\r\n")
+    assert response_framing(eof, "GET") == (UNTIL_CLOSE, 0)
+    with pytest.raises(HTTPError):
+        parse_response_head(b"garbage\r\n\r\n")
+
+
+def test_es256_jwt_verifies_with_pyjwt() -> None:
+    import jwt as pyjwt
+
+    key = generate_private_key()
+    now = datetime.now(UTC)
+    token = sign_es256(
+        app_claims(
+            username="alice",
+            roles=["access"],
+            traits={"logins": ["root"]},
+            issuer="example.com",
+            audience="http://localhost:3000",
+            now=now,
+            expires=now + timedelta(hours=1),
+            jwt_claims="roles",
+        ),
+        key,
+    )
+    claims = pyjwt.decode(
+        token,
+        key.public_key(),
+        algorithms=["ES256"],
+        audience="http://localhost:3000",
+        issuer="example.com",
+    )
+    assert claims["roles"] == ["access"] and "traits" not in claims and claims["sub"] == "alice"
+
+
+def test_rewrite_headers_fill_templates_and_drop_missing_traits() -> None:
+    out = render_headers(
+        [
+            ("Authorization", "Bearer {{internal.jwt}}"),
+            ("X-Login", "{{internal.logins}}"),
+            ("X-Team", "{{external.team}}"),
+        ],
+        jwt="J",
+        traits={"logins": ["a", "b"]},
+    )
+    assert out == [("Authorization", "Bearer J"), ("X-Login", "a,b")]
