@@ -15,7 +15,7 @@ from tests.conftest import free_port
 from tests.integration.conftest import Cluster, parse_status
 from tests.integration.test_tbot import DB_ROLE, _get, _metric, _poll, add_bot, daemon, db_output
 from tests.integration.test_tbot import seed_config as write_seed_config
-from tests.tui.conftest import SIZE, run_async, until
+from tests.tui.conftest import SIZE, doc_shot, run_async, until
 
 COUNTDOWN = re.compile(r"^(\d+d\d\dh\d\dm|\d+h\d\dm\d\ds|\d+m\d\ds)$")
 
@@ -56,19 +56,22 @@ def test_profile_and_tbot_certificates_with_countdown_and_renew_now(
                 assert out.route == "db pg (postgres) as alice on example"
                 assert out.subject.startswith("bot-") and out.config == str(cfg)
                 for row in range(3):
-                    left = str(table.get_cell_at((row, 6)))  # type: ignore[arg-type]
+                    left = str(table.get_cell_at((row, 2)))  # type: ignore[arg-type]
                     assert COUNTDOWN.match(left), left
                 # live: the countdown of the profile moves on its own
-                first = str(table.get_cell_at((0, 6)))  # type: ignore[arg-type]
+                first = str(table.get_cell_at((0, 2)))  # type: ignore[arg-type]
                 await until(
                     pilot,
-                    lambda: str(table.get_cell_at((0, 6))) != first,  # type: ignore[arg-type]
+                    lambda: str(table.get_cell_at((0, 2))) != first,  # type: ignore[arg-type]
                     "the countdown to tick",
                     timeout=5,
                 )
                 # the diagnostics endpoint is read
                 await until(pilot, lambda: bool(screen.diag), "diagnostics")
-                assert "ready" in str(table.get_cell_at((2, 9)))  # type: ignore[arg-type]
+                assert "ready" in str(table.get_cell_at((2, 6)))  # type: ignore[arg-type]
+                table.move_cursor(row=[c.kind for c in screen.certs].index("tbot output"))
+                await pilot.pause()
+                doc_shot(app, "certificates")
                 # renew now: SIGHUP to the tbot running this config (found through /proc)
                 before = (dest / "tlscert").read_bytes()
                 table.move_cursor(row=[c.kind for c in screen.certs].index("tbot output"))

@@ -13,7 +13,7 @@ from jumpgate.tui.screens.proxies import ProxiesScreen
 from jumpgate.tui.state import DashboardState, Options
 from jumpgate.tui.widgets.resource_table import ResourceTable
 from tests.integration.conftest import Cluster
-from tests.tui.conftest import SIZE, run_async, until
+from tests.tui.conftest import SIZE, doc_shot, run_async, until
 
 
 def synthetic(n: int) -> list[dict[str, object]]:
@@ -47,6 +47,7 @@ def test_lists_filters_and_details_from_the_cluster(db_cluster: Cluster, alice_h
             assert f"local proxy → localhost:{db_cluster.web_port} → pg" in details
             bar = str(screen.query_one("#profile-bar").render())
             assert "alice@localhost" in bar and "session" in bar
+            doc_shot(app, "databases-cluster")
             # type-to-filter: label filters and words
             await pilot.press("slash", *"env=prod")
             await until(pilot, lambda: not table.view, "the env=prod filter")

@@ -24,7 +24,7 @@ from tests.conftest import free_port
 from tests.integration.conftest import Cluster, cli_env, parse_status
 from tests.integration.dbhelpers import PASSWORD, invite_user
 from tests.integration.test_tbot import DB_ROLE, TBOT, add_bot, db_output, seed_config, tbot
-from tests.tui.conftest import SIZE, run_async, until
+from tests.tui.conftest import SIZE, doc_shot, run_async, until
 
 
 @pytest.fixture
@@ -96,6 +96,7 @@ def test_proxies_screen_shows_a_running_tbot_proxy_live(
             assert mine()[0].bytes_in > 0
             hist = screen.history[screen.key(mine()[0])]
             await until(pilot, lambda: max(hist) > 0, "throughput in the sparkline data")
+            doc_shot(app, "proxies")
             # stopping a proxy this dashboard did not start is refused with an explanation
             await pilot.press("x")
             await pilot.pause()
@@ -132,6 +133,7 @@ def test_audit_screen_lists_filters_and_details_events(
             row = table.current
             assert row is not None and row.cells[1] == "role.created"
             assert '"name": "machine-id-db"' in screen.detail
+            doc_shot(app, "audit")
 
     run_async(scenario)
 
@@ -149,6 +151,7 @@ def test_apps_screen_without_apps(db_cluster: Cluster, alice_home: Path) -> None
             assert "No applications" in str(count.render()) or "0 applications" in str(
                 count.render()
             )
+            doc_shot(app, "apps")
             await pilot.press("o")  # nothing selected: a warning, no crash
             await pilot.pause()
 

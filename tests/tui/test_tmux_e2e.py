@@ -74,7 +74,7 @@ def test_databases_list_and_certificate_countdown_in_tmux(
     assert "1 databases" in screen
     assert re.search(r"alice@localhost:\d+ .*session \d+h\d\dm\d\ds", screen), screen
     tmux.run("send-keys", "-t", "jg", "c")
-    screen = tmux.wait_for(r"tsh profile .* alice .*\d+h\d\dm\d\ds")
+    screen = tmux.wait_for(r"tsh profile .*\d+h\d\dm\d\ds.* alice ")
     first = re.search(r"tsh profile .*?(\d+h\d\dm\d\ds)", screen)
     assert first is not None
     # the countdown is live: it changes while we watch

@@ -18,7 +18,7 @@ from jumpgate.tui.screens.wizard import WizardScreen
 from jumpgate.tui.state import DashboardState, Options
 from tests.conftest import free_port
 from tests.integration.conftest import Cluster
-from tests.tui.conftest import SIZE, run_async, until
+from tests.tui.conftest import SIZE, doc_shot, no_blink, run_async, until
 
 
 @pytest.fixture
@@ -86,12 +86,16 @@ def test_whole_path_ends_with_a_successful_test_connection(
             assert screen.query_one("#username", Input).value == "alice"
             await pilot.pause()
             assert not config.exists()  # nothing is written before the confirmation
+            no_blink(app)
+            doc_shot(app, "wizard-2")
             await _next_and_confirm(pilot, app, screen, 2)
             # step 3: the seed's unit file, and the proxy started now in tunnel mode
             await _fill(screen, port=str(port), unit_path=str(unit))
             await pilot.click("#tunnel")
             await pilot.pause()
             assert "--tunnel pg" in str(screen.query_one("#preview3").render())
+            no_blink(app)
+            doc_shot(app, "wizard-3")
             await _next_and_confirm(pilot, app, screen, 3)
             # step 4: snippets with the real paths, and the test connection
             snippets = str(screen.query_one("#preview4").render())
@@ -101,6 +105,8 @@ def test_whole_path_ends_with_a_successful_test_connection(
             assert screen.test_result.startswith("Connected as alice to example"), (
                 screen.test_result
             )
+            await pilot.pause()
+            doc_shot(app, "wizard-4")
 
     run_async(scenario)
     assert "wizard-role" in db_cluster.tctl("get", "role/wizard-role").stdout

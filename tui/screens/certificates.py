@@ -20,7 +20,15 @@ from jumpgate.tui.notify import notify_error
 from jumpgate.tui.state import DashboardState
 from jumpgate.tui.widgets.timefmt import countdown, fraction_style, short_time
 
-COLUMNS = ("Kind", "Name", "Subject", "Roles", "Route", "Not after", "Left", "Last", "Next", "tbot")
+COLUMNS = ("Kind", "Name", "Left", "Not after", "Last", "Next", "tbot", "Subject", "Roles", "Route")
+
+
+def short_name(name: str) -> str:
+    """A destination path as its last two parts (the details pane shows all of it)."""
+    parts = name.split("/")
+    return name if len(parts) <= 3 else "…/" + "/".join(parts[-2:])
+
+
 #: How often the files are read again (the countdown itself ticks every second).
 RELOAD_SECONDS = 5.0
 
@@ -125,15 +133,15 @@ class CertificatesScreen(Screen[None]):
         left = Text(countdown(c.remaining(now)), style=fraction_style(c.fraction_left(now)))
         return [
             c.kind,
-            c.name,
-            c.subject,
-            ",".join(c.roles),
-            c.route or "-",
-            short_time(c.not_after),
+            short_name(c.name),
             left,
+            short_time(c.not_after),
             short_time(c.last_renewal),
             short_time(c.next_renewal),
             self._tbot_cell(c),
+            c.subject,
+            ",".join(c.roles),
+            c.route or "-",
         ]
 
     def tick(self) -> None:

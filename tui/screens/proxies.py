@@ -157,7 +157,7 @@ class ProxiesScreen(Screen[None]):
         if p.last_error:
             out.append(f"last error: {p.last_error}\n", style="red")
         details.update(out)
-        spark.data = hist or [0.0]
+        spark.data = [0.0] * (HISTORY - len(hist)) + hist  # new samples enter on the right
 
     def action_stop(self) -> None:
         """Stop the selected proxy when this dashboard started it."""
