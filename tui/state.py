@@ -99,7 +99,12 @@ class DashboardState:
         except ImportError:
             lister = None
         if lister is not None:
-            return [a for a in lister(prof) if isinstance(a, dict)]
+            apps = [a for a in lister(prof) if isinstance(a, dict)]
+            url_of = getattr(appclient, "public_url", None)
+            for a in apps:
+                if url_of is not None and a.get("public_addr"):
+                    a["url"] = url_of(prof, str(a["public_addr"]))
+            return apps
         from jumpgate.core.client.dbclient import _client
 
         client = _client(prof)

@@ -45,6 +45,8 @@ def app_rows(apps: list[dict[str, Any]]) -> list[Row]:
 
 def app_url(app: dict[str, Any]) -> str:
     """``https://<public_addr>`` (the proxy routes by this name)."""
+    if app.get("url"):
+        return str(app["url"])
     addr = str(app.get("public_addr") or "")
     return f"https://{addr}" if addr else ""
 
