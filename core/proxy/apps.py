@@ -5,8 +5,11 @@ proxy's public host, or an app's own ``public_addr``) here instead of to the web
 API. For each connection the frontend reads the first request head (without
 consuming it) and checks the client certificate: issued by the user CA, not
 expired, routed to this app. Without a valid certificate a browser
-(``Accept: text/html``) is redirected to ``/web/login`` on the proxy and an API
-client gets ``401`` with a JSON error. With one, the frontend opens a reverse
+is redirected to ``/web/login`` on the proxy — browsers and scripted clients
+alike, as Teleport's Machine ID guide says ("scripted clients will be redirected to
+the Teleport login page"), with the reason in the body — while an API client that
+asks for JSON (``Accept: application/json`` without ``text/html``) gets ``401``
+with a JSON error. With one, the frontend opens a reverse
 tunnel to an App Service serving the app, passes the certificate in the
 session header, reads the agent's one-line answer (RBAC and locks are decided
 by the auth service, through the agent), and then relays bytes: the agent
@@ -64,6 +67,12 @@ def wants_html(head: Head) -> bool:
     """A browser navigation (``Accept`` lists text/html)."""
     accept = (head.get(b"accept") or b"").lower()
     return b"text/html" in accept
+
+
+def wants_json(head: Head) -> bool:
+    """An API client that asks for JSON and not for a page (gets 401, not a redirect)."""
+    accept = (head.get(b"accept") or b"").lower()
+    return b"application/json" in accept and b"text/html" not in accept
 
 
 class AppFrontend:
@@ -302,20 +311,26 @@ class AppFrontend:
         self, hs: Handshake, head: Head, server_name: str, host_header: str, reason: str
     ) -> None:
         host = host_header or server_name
-        if wants_html(head):
+        hint = (
+            "use the certificate from 'tsh apps login' or a tbot application output "
+            "(curl --cert tlscert --key key)"
+        )
+        if not wants_json(head):
             target = self.login_url(f"https://{host}{head.target}")
-            body = (
-                f'<!doctype html><title>Sign in</title><p>Redirecting to <a href="{escape(target)}">'
-                "the login page</a>.</p>\n"
-            ).encode()
+            if wants_html(head):
+                body = (
+                    f'<!doctype html><title>Sign in</title><p>Redirecting to <a href="'
+                    f'{escape(target)}">the login page</a>.</p>\n'
+                ).encode()
+                ctype = "text/html; charset=utf-8"
+            else:  # a scripted client: say why, in the body it prints
+                body = (
+                    f"Redirecting to the login page {target}: this application needs a valid "
+                    f"certificate: {reason}; {hint}\n"
+                ).encode()
+                ctype = "text/plain; charset=utf-8"
             self._write(
-                hs,
-                _response(
-                    302,
-                    body,
-                    content_type="text/html; charset=utf-8",
-                    headers=[("Location", target)],
-                ),
+                hs, _response(302, body, content_type=ctype, headers=[("Location", target)])
             )
             return
         self._reply(
@@ -323,8 +338,7 @@ class AppFrontend:
             401,
             f"this application needs a valid certificate: {reason}",
             head,
-            hint="use the certificate from 'tsh apps login' or a tbot application output "
-            "(curl --cert tlscert --key key)",
+            hint=hint,
             login_url=self.login_url(f"https://{host}{head.target}"),
         )
 

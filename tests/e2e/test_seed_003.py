@@ -211,9 +211,14 @@ def test_seed_003_machine_id_with_application_access(
             page = curl_as(app, c, "-i", "-H", "Accept: text/html", "--cacert", ca, url)
             assert page.stdout.startswith("HTTP/1.1 302"), page.stdout
             assert f"Location: https://{c.public_addr}/web/login?redirect=" in page.stdout
+            # "scripted clients will be redirected to the Teleport login page", told why
             api = curl_as(app, c, "-i", "--cacert", ca, url)
-            assert api.stdout.startswith("HTTP/1.1 401"), api.stdout
-            assert "/web/login?redirect=" in api.stdout  # the JSON error names the login page
+            assert api.stdout.startswith("HTTP/1.1 302"), api.stdout
+            assert f"Location: https://{c.public_addr}/web/login?redirect=" in api.stdout
+            assert "needs a valid certificate" in api.stdout
+            asks_json = curl_as(app, c, "-i", "-H", "Accept: application/json", "--cacert", ca, url)
+            assert asks_json.stdout.startswith("HTTP/1.1 401"), asks_json.stdout
+            assert "/web/login?redirect=" in asks_json.stdout  # the JSON error names the login page
             login = run(
                 ["curl", "-sS", "--cacert", ca, f"https://{c.public_addr}/web/login"], timeout=30
             )

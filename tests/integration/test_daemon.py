@@ -130,9 +130,9 @@ def test_proxy_certificate_covers_app_subdomains_of_the_public_host(
         check=False,
     )
     # the handshake verified against the host CA (curl exits 60 otherwise); without an
-    # app certificate, an API client then gets 401 (tests/integration/test_app_access.py)
+    # app certificate, the client is redirected to the login page (test_app_access.py)
     assert proc.returncode == 0, f"curl exited {proc.returncode}: {proc.stderr}"
-    assert proc.stdout.splitlines()[-1] == "401", proc.stdout
+    assert proc.stdout.splitlines()[-1] == "302", proc.stdout
 
 
 def test_unknown_alpn_protocol_is_refused(cluster: Cluster) -> None:
