@@ -171,8 +171,15 @@ def test_seed_003_machine_id_with_application_access(
                 ),
             )
             assert unit.alive(), unit.context()
-            # journalctl -u machine-id | grep -i app
-            assert 'Generated identity for app {"grafana-example"}' in unit.log(), unit.context()
+            # journalctl -u machine-id | grep -i app (logged just after the files are written)
+            wait_for(
+                "tbot logs the application output",
+                lambda: (
+                    'Generated identity for app {"grafana-example"}' in unit.log()
+                    or not unit.alive()
+                ),
+            )
+            assert unit.alive(), unit.context()
             assert pwd.getpwuid((dest / "tlscert").stat().st_uid).pw_name == teleport
 
             # Step 3/3: curl with the bot's certificate, as the app user
