@@ -4,7 +4,8 @@
 #   - a throwaway PostgreSQL (TLS on, certificate authentication only) enrolled through a
 #     Database Service agent that joins with a db token, as in the self-hosted PostgreSQL guide;
 #   - a user alice with a password, ready for `tsh login`;
-#   - a bot (tbot) with a database output, and `tbot proxy db --tunnel` in front of it.
+#   - a bot (tbot) with a database output, and `tbot proxy db --tunnel` in front of it;
+#   - a small web app (scripts/demo_app.py) behind the proxy as "demo-app".
 # Runs in the foreground; Ctrl-C stops everything (state is kept for the next run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,12 +50,29 @@ if [[ ! -f $CONF ]]; then
     --web-listen-addr="127.0.0.1:$WEB" --auth-listen-addr="127.0.0.1:$AUTH" 2>/dev/null
 fi
 WEB=$(sed -n 's/^ *web_listen_addr: *127.0.0.1:\([0-9]*\).*/\1/p' "$CONF")
+# ------------------------------------------------------------------ a small web app behind the proxy
+if ! grep -q '^app_service:' "$CONF"; then
+  cat >>"$CONF" <<YAML
+app_service:
+  enabled: true
+  apps:
+  - name: demo-app
+    description: Demo web app
+    uri: http://127.0.0.1:$(free_port 18080)
+    labels:
+      env: demo
+YAML
+fi
+APP_PORT=$(sed -n 's|^ *uri: *http://127.0.0.1:\([0-9]*\).*|\1|p' "$CONF" | head -1)
+"$BIN/python" scripts/demo_app.py --port "$APP_PORT" 2>"$DEMO/demo-app.log" &
+PIDS+=($!)
 teleport start -c "$CONF" 2>"$DEMO/teleport.log" &
 PIDS+=($!)
+TEL_PID=$!
 TCTL="tctl -c $CONF"
 for _ in $(seq 1 100); do
   $TCTL status >/dev/null 2>&1 && break
-  kill -0 "${PIDS[0]}" 2>/dev/null || { echo "teleport failed to start:"; tail -20 "$DEMO/teleport.log"; exit 1; }
+  kill -0 "$TEL_PID" 2>/dev/null || { echo "teleport failed to start:"; tail -20 "$DEMO/teleport.log"; exit 1; }
   sleep 0.1
 done
 
@@ -178,7 +196,7 @@ PIDS+=($!)
 cat <<TXT
 
  Jumpgate demo is running (logs in $DEMO: teleport.log, db-agent.log, tbot.log,
- tbot-proxy.log, pg/postgres.log)
+ tbot-proxy.log, demo-app.log, pg/postgres.log)
 
    Proxy web port   https://localhost:$WEB   (certificate signed by the cluster's host CA)
    PostgreSQL       localhost:$PGPORT (TLS, certificate authentication only), behind the
@@ -201,7 +219,14 @@ $($TCTL status | sed 's/^/   /')
    psql "host=localhost port=$BOT_PG dbname=example user=alice"
    tctl -c $CONF bots ls
 
+ The web app "demo-app" (scripts/demo_app.py on 127.0.0.1:$APP_PORT) behind the proxy, after tsh login:
+
+   tsh apps ls
+   tsh apps login demo-app
+   tsh proxy app demo-app --port=18081 &   # then open http://127.0.0.1:18081/
+   curl http://127.0.0.1:18081/api/users
+
  Press Ctrl-C to stop.
 TXT
-wait "${PIDS[0]}" || true
+wait "$TEL_PID" || true
 echo "teleport exited; see $DEMO/teleport.log"
