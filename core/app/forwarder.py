@@ -62,6 +62,28 @@ STRIPPED_REQUEST_HEADERS = frozenset(
     }
 )
 
+#: Cookies of the proxy's browser sessions (``__Host-grv_app_session``, ...): never forwarded.
+PROXY_COOKIE_PREFIX = b"__Host-grv_app_"
+#: Paths the proxy answers itself on an app host (browser sign-in and sign-out).
+RESERVED_PATHS = (b"/x-teleport-auth", b"/x-teleport-logout")
+
+
+def strip_proxy_cookies(value: bytes) -> bytes:
+    """A ``Cookie`` header value without the proxy's own cookies."""
+    kept = [
+        c.strip()
+        for c in value.split(b";")
+        if c.strip() and not c.strip().startswith(PROXY_COOKIE_PREFIX)
+    ]
+    return b"; ".join(kept)
+
+
+def is_reserved(target: str) -> bool:
+    """Whether a request target is one the proxy handles (sign-in/out), not the app."""
+    path = target.split("?", 1)[0].encode("latin-1", "replace")
+    return path in RESERVED_PATHS
+
+
 _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _RAW, _UPGRADING, _CLOSED = range(7)
 
 #: ``(method, target, status)`` after each response.
@@ -186,8 +208,13 @@ class AppSession:
         strip = self.strip
         parts = [head.first, b"\r\n"]
         for name, value in head.headers:
-            if name.lower() in strip:
+            lname = name.lower()
+            if lname in strip:
                 continue
+            if lname == b"cookie" and PROXY_COOKIE_PREFIX in value:
+                value = strip_proxy_cookies(value)
+                if not value:
+                    continue
             parts += (name, b": ", value, b"\r\n")
         parts.append(self.suffix)
         return b"".join(parts)
@@ -382,6 +409,9 @@ class _Down(_Side):
                     return
                 head = parse_request_head(data[pos:end])
                 pos = end
+                if is_reserved(head.target):
+                    self.reconnect(head.target)
+                    return
                 kind, length = request_framing(head)
                 s.pending.append((head.method, head.target))
                 s.write_up(s.rewrite_request(head))
@@ -408,6 +438,21 @@ class _Down(_Side):
         if held:
             self.s.write_up(held)
         self.update_reading()
+
+    def reconnect(self, target: str) -> None:
+        """Send the client to ``target`` again on a new connection (a reserved path arrived
+        on a forwarded keep-alive connection: only a first request reaches the proxy's handler)."""
+        t = self.transport
+        self.state = _CLOSED
+        if t is None or t.is_closing():
+            return
+        if not self.s.pending:
+            t.write(
+                simple_response(
+                    307, b"", headers=[("Location", target.replace("\r", "").replace("\n", ""))]
+                )
+            )
+        t.close()
 
     def send_error(self, status: int, message: str) -> None:
         """Answer the client with a JSON error (when no response is under way) and close."""

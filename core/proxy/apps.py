@@ -19,16 +19,17 @@ parses and forwards HTTP, the proxy copies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlencode
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -43,6 +44,10 @@ from jumpgate.core.tlsca import Identity, identity_from_certificate
 
 log = logging.getLogger(__name__)
 
+#: Browser sign-in endpoints on every app host (handled here, never forwarded).
+AUTH_PATH = "/x-teleport-auth"
+LOGOUT_PATH = "/x-teleport-logout"
+APP_COOKIE_BYTES = b"__Host-grv_app_session"
 #: How long a client has to send its first request head.
 FIRST_REQUEST_TIMEOUT = 30.0
 #: How long the app catalogue (heartbeats) is reused before it is read again.
@@ -100,6 +105,8 @@ class AppFrontend:
         #: App Services running in this process (host id → service): served without a tunnel
         self.local_agents: dict[str, Any] = {}
         self.sessions_started = 0
+        #: live connections of browser (cookie) sessions: app session id → closers
+        self.browser_conns: dict[str, set[Callable[[str], None]]] = {}
 
     # ------------------------------------------------------------------ hosts
     def app_name_for(self, server_name: str) -> str:
@@ -186,11 +193,24 @@ class AppFrontend:
         host_header = (head.get(b"host") or b"").decode("latin-1")
         app = self.app_name_for(server_name) or self.app_name_for(host_header.rsplit(":", 1)[0])
         client_addr = _peer_addr(hs.transport)
+        path = head.target.split("?", 1)[0]
+        if app and path in (AUTH_PATH, LOGOUT_PATH):
+            await self._browser_endpoint(hs, head, app, path, client_addr)
+            return
+        browser_sid = ""  # set for sessions of an app cookie (sign-out closes them)
         try:
-            identity, cert_pem = self._identity(hs.transport, app)
+            try:
+                identity, cert_pem = self._identity(hs.transport, app)
+            except _Unauthenticated:
+                if _has_client_cert(hs.transport) or not _app_cookie(head):
+                    raise
+                identity, cert_pem = await self._cookie_identity(head, app)
+                browser_sid = identity.route_to_app.session_id if identity.route_to_app else ""
         except _Unauthenticated as exc:
             self._audit_refusal(app, client_addr, str(exc), None)
-            self._unauthenticated(hs, head, server_name, host_header, str(exc))
+            self._unauthenticated(
+                hs, head, server_name, host_header, str(exc), clear=bool(_app_cookie(head))
+            )
             return
         servers = [s for s in await self.catalogue() if s.spec.app.metadata.name == app]
         if not servers:
@@ -235,7 +255,8 @@ class AppFrontend:
                     )
                     return
                 self.sessions_started += 1
-                await local.serve(live, hs.transport, hs.take_buffer())
+                with self._tracked(browser_sid, live.forwarder.close):
+                    await local.serve(live, hs.transport, hs.take_buffer())
                 return
             try:
                 _, agent = await self.registry.open(host_id, header, service="app")
@@ -257,7 +278,8 @@ class AppFrontend:
                 return
             self.sessions_started += 1
             relay = Relay.between(hs, agent)
-            await relay.wait()
+            with self._tracked(browser_sid, _closer(relay)):
+                await relay.wait()
             return
         self._reply(hs, 502, f'application "{app}" is not reachable: {last_error}', head)
 
@@ -308,7 +330,14 @@ class AppFrontend:
         return f"https://{self.public_addr}/web/login?redirect={quote(redirect, safe='')}"
 
     def _unauthenticated(
-        self, hs: Handshake, head: Head, server_name: str, host_header: str, reason: str
+        self,
+        hs: Handshake,
+        head: Head,
+        server_name: str,
+        host_header: str,
+        reason: str,
+        *,
+        clear: bool = False,
     ) -> None:
         host = host_header or server_name
         hint = (
@@ -329,9 +358,12 @@ class AppFrontend:
                     f"certificate: {reason}; {hint}\n"
                 ).encode()
                 ctype = "text/plain; charset=utf-8"
-            self._write(
-                hs, _response(302, body, content_type=ctype, headers=[("Location", target)])
-            )
+            headers = [("Location", target)]
+            if clear:  # a stale app cookie: forget it
+                from jumpgate.core.proxy.websession import APP_COOKIE, clear_cookie
+
+                headers.append(("Set-Cookie", clear_cookie(APP_COOKIE)))
+            self._write(hs, _response(302, body, content_type=ctype, headers=headers))
             return
         self._reply(
             hs,
@@ -368,6 +400,151 @@ class AppFrontend:
             )
         self._write(hs, data)
 
+    # ------------------------------------------------------------------ browser sessions
+    @contextlib.contextmanager
+    def _tracked(self, sid: str, close: Callable[[str], None]) -> Iterator[None]:
+        """Remember a live connection of app session ``sid`` so sign-out can close it."""
+        if not sid:
+            yield
+            return
+        closers = self.browser_conns.setdefault(sid, set())
+        closers.add(close)
+        try:
+            yield
+        finally:
+            closers.discard(close)
+            if not closers:
+                self.browser_conns.pop(sid, None)
+
+    def close_browser_sessions(self, session_ids: list[str], reason: str) -> int:
+        """Close the live connections of these app sessions (after sign-out); returns how many."""
+        n = 0
+        for sid in session_ids:
+            for close in list(self.browser_conns.get(sid, ())):
+                close(reason)
+                n += 1
+        return n
+
+    async def _cookie_identity(self, head: Head, app: str) -> tuple[Identity, str]:
+        """The identity an app session cookie stands for (its stored certificate)."""
+        from jumpgate.core.proxy import websession
+
+        session = await websession.get_app_session(self.auth, _app_cookie(head))
+        if session is None:
+            raise _Unauthenticated("the browser session is not valid or has expired; sign in again")
+        if session.app != app:
+            raise _Unauthenticated(f'the browser session is for application "{session.app}"')
+        cert = x509.load_pem_x509_certificate(session.cert_pem.encode())
+        if cert.not_valid_after_utc <= datetime.now(UTC):
+            raise _Unauthenticated("the browser session has expired; sign in again")
+        return identity_from_certificate(cert), session.cert_pem
+
+    async def _browser_endpoint(
+        self, hs: Handshake, head: Head, app: str, path: str, client_addr: str
+    ) -> None:
+        """``/x-teleport-auth`` (state nonce, then the launch token) and ``/x-teleport-logout``."""
+        from jumpgate.core.proxy import web_apps, websession
+
+        cookies = websession.parse_cookies((head.get(b"cookie") or b"").decode("latin-1"))
+        query = parse_qs(head.target.partition("?")[2])
+        security = [("Referrer-Policy", "no-referrer"), ("X-Frame-Options", "DENY")]
+        if path == LOGOUT_PATH:
+            session = await websession.delete_app_session(
+                self.auth, cookies.get(websession.APP_COOKIE, "")
+            )
+            if session is not None:
+                self.close_browser_sessions([session.session_id], "signed out")
+                self.auth.audit.emit(
+                    "app.session.logout", user=session.user, app_name=app, sid=session.session_id
+                )
+            body = (
+                '<!doctype html><html lang="en"><meta charset="utf-8"><title>Signed out</title>'
+                f"<h1>Signed out of {escape(app)}</h1><p>This browser's session with the "
+                f'application has ended. <a href="https://{escape(self.public_addr)}/web/logout">'
+                "Sign out of Jumpgate</a> too, or "
+                f'<a href="/">sign in to {escape(app)} again</a>.</p>'
+            ).encode()
+            self._write(
+                hs,
+                _response(
+                    200,
+                    body,
+                    content_type="text/html; charset=utf-8",
+                    headers=[
+                        ("Set-Cookie", websession.clear_cookie(websession.APP_COOKIE)),
+                        *security,
+                    ],
+                ),
+            )
+            return
+        if head.method not in ("GET", "HEAD"):
+            self._reply(hs, 405, f"{path} takes GET", head)
+            return
+        token = (query.get("token") or [""])[0]
+        if not token:  # start: a state nonce for this browser, then the proxy's launcher
+            state = websession.new_secret()
+            target = web_apps.safe_path((query.get("path") or ["/"])[0])
+            location = f"https://{self.public_addr}/web/launch?" + urlencode(
+                {"app": app, "path": target, "state": state}
+            )
+            cookie = websession.set_cookie(
+                websession.STATE_COOKIE, state, max_age=int(websession.STATE_TTL.total_seconds())
+            )
+            self._write(
+                hs,
+                _response(
+                    302,
+                    b"",
+                    headers=[("Location", location), ("Set-Cookie", cookie), *security],
+                ),
+            )
+            return
+        try:
+            grant = await websession.consume_launch_token(
+                self.auth, token, app=app, state=cookies.get(websession.STATE_COOKIE, "")
+            )
+        except websession.LaunchRefused as exc:
+            self.auth.audit.emit(
+                "app.session.launch",
+                success=False,
+                app_name=app,
+                addr=client_addr,
+                error=exc.message,
+            )
+            self._reply(
+                hs,
+                403,
+                exc.message,
+                head,
+                hint=f"open https://{self.public_addr}/web/launch?app={quote(app)} to sign in again",
+            )
+            return
+        sess = grant.session
+        self.auth.audit.emit(
+            "app.session.launch",
+            user=sess.user,
+            app_name=app,
+            sid=sess.session_id,
+            addr=client_addr,
+        )
+        max_age = max(1, int((sess.expires - datetime.now(UTC)).total_seconds()))
+        self._write(
+            hs,
+            _response(
+                302,
+                b"",
+                headers=[
+                    ("Location", grant.path),
+                    (
+                        "Set-Cookie",
+                        websession.set_cookie(websession.APP_COOKIE, grant.cookie, max_age=max_age),
+                    ),
+                    ("Set-Cookie", websession.clear_cookie(websession.STATE_COOKIE)),
+                    *security,
+                ],
+            ),
+        )
+
     @staticmethod
     def _write(hs: Handshake, data: bytes) -> None:
         t = hs.transport
@@ -380,6 +557,25 @@ class AppFrontend:
         t = hs.transport
         if t is not None and not t.is_closing():
             t.close()
+
+
+def _closer(relay: Relay) -> Callable[[str], None]:
+    return lambda _reason: relay.close()
+
+
+def _has_client_cert(transport: asyncio.BaseTransport) -> bool:
+    ssl_obj = transport.get_extra_info("ssl_object")
+    return bool(ssl_obj is not None and ssl_obj.getpeercert(binary_form=True))
+
+
+def _app_cookie(head: Head) -> str:
+    """The app session cookie of a request head ("" without one)."""
+    raw = head.get(b"cookie")
+    if not raw or APP_COOKIE_BYTES not in raw:
+        return ""
+    from jumpgate.core.proxy.websession import APP_COOKIE, parse_cookies
+
+    return parse_cookies(raw.decode("latin-1")).get(APP_COOKIE, "")
 
 
 def _peer_addr(transport: asyncio.BaseTransport) -> str:

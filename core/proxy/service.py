@@ -101,6 +101,7 @@ class ProxyService:
                 public_host=self.public_host,
                 user_ca_subjects=self._user_ca_subjects,
             )
+            self.web.app_frontend = self.apps
 
     def _needs_own_cert(self, server_name: str) -> bool:
         """A subdomain of a single-label public host (``app.localhost``): OpenSSL refuses

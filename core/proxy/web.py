@@ -95,7 +95,12 @@ class WebAPI:
         r.add_get("/", self.index)
         from jumpgate.core.proxy.web_apps import register_app_login_routes
 
-        register_app_login_routes(self.app)  # where app hosts send browsers without a certificate
+        #: the proxy's app frontend (set by ProxyService): browser sign-in for apps uses it
+        self.app_frontend: Any = None
+        # where app hosts send browsers without a certificate: sign-in, launch, sign-out
+        register_app_login_routes(
+            self.app, info, public_addr=public_addr, frontend=lambda: self.app_frontend
+        )
         # login + invite pages (no-op unless ``info`` is an in-process AuthServer)
         register_login_routes(self.app, info, public_addr=public_addr)
 
