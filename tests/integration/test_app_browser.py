@@ -534,3 +534,177 @@ def test_a_role_without_the_app_gets_403(cluster: Cluster, ca: Path) -> None:
     # the dev app is fine
     assert http.open_app(user).status == 302
     assert [e for e in audit_events(cluster, "cert.create") if e.get("user") == user]
+
+
+# ---------------------------------------------------------------------- a real browser
+def _spki_pin(cluster: Cluster, ca: Path, server_name: str) -> str:
+    """base64(SHA-256(SPKI)) of the certificate the proxy shows for ``server_name``."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", cluster.web_port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der
+    spki = (
+        x509.load_der_x509_certificate(der)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def test_a_browser_opens_the_app_through_the_sign_in_page(
+    cluster: Cluster, ca: Path, tmp_path: Path
+) -> None:
+    from tests.integration.test_invite_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
+
+    sync = _require_browser()
+    expect = sync.expect
+    http = Http(cluster, ca)
+    user = new_user(cluster, ca)
+    pins = ",".join(_spki_pin(cluster, ca, n) for n in ("localhost", f"{APP}.localhost"))
+    app_url = http.app_url("/api/headers")
+    problems: list[str] = []
+    with sync.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                *CHROMIUM_ARGS,
+                f"--ignore-certificate-errors-spki-list={pins}",
+                "--host-resolver-rules=MAP *.localhost 127.0.0.1",
+            ],
+        )
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+            page.set_default_timeout(20_000)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+
+            # the app sends the browser to the sign-in page, which names the app
+            page.goto(app_url)
+            expect(page).to_have_title(re.compile("Sign in"))
+            assert page.url.startswith(http.url("/web/login?redirect="))
+            expect(page.get_by_role("heading", level=1)).to_have_text("Sign in to Jumpgate")
+            expect(page.locator("main")).to_contain_text(f"open the application {APP}")
+            page.screenshot(path=str(tmp_path / "login.png"), full_page=True)
+
+            # a wrong password: the form comes back with an alert, the name kept
+            page.get_by_label("User name").fill(user)
+            page.get_by_label("Password").fill("not the password")
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("alert")).to_contain_text("Invalid username, password")
+            expect(page.get_by_label("User name")).to_have_value(user)
+            expect(page.get_by_label("Password")).to_have_value("")
+
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(app_url)
+            seen = json.loads(page.locator("body").inner_text())
+            claims = jwks_verify(cluster, ca, seen["Teleport-Jwt-Assertion"])
+            assert claims["username"] == user
+            assert "__Host-grv_app" not in seen.get("Cookie", "")
+
+            cookies = {c["name"]: c for c in context.cookies()}
+            for name, host in (
+                ("__Host-session", "localhost"),
+                ("__Host-grv_app_session", f"{APP}.localhost"),
+            ):
+                c = cookies[name]
+                assert c["domain"] == host and c["path"] == "/", c  # host-only
+                assert c["secure"] and c["httpOnly"] and c["sameSite"] == "Lax", c
+            assert "__Host-grv_app_state" not in cookies  # spent
+
+            # the app's own pages work with the cookie
+            page.goto(http.app_url("/"))
+            expect(page.locator("p")).to_have_text("hello")
+
+            # sign out of Jumpgate: the app asks for a sign-in again
+            page.goto(http.url("/web/logout"))
+            page.get_by_role("button", name="Sign out").click()
+            expect(page.get_by_role("heading", level=1)).to_have_text("You are signed out")
+            page.goto(app_url)
+            expect(page).to_have_title(re.compile("Sign in"))
+            assert "__Host-grv_app_session" not in {c["name"] for c in context.cookies()}
+        finally:
+            browser.close()
+    assert problems == [], problems
+
+
+def test_a_reserved_path_on_a_forwarded_connection_is_sent_to_a_new_one(
+    cluster: Cluster, ca: Path
+) -> None:
+    """/x-teleport-auth and /x-teleport-logout are the proxy's: a browser that reuses an
+    app connection for them is told (307, Connection: close) to ask again on a new one."""
+    http = Http(cluster, ca)
+    http.open_app(new_user(cluster, ca))
+    conn = _raw_app_conn(cluster, ca, http.jar[f"{APP}.localhost"]["__Host-grv_app_session"])
+    try:
+        conn.sendall(f"GET /x-teleport-logout HTTP/1.1\r\nHost: {APP}.localhost\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        conn.close()
+    head = data.decode().lower()
+    assert head.startswith("http/1.1 307"), data
+    assert "location: /x-teleport-logout" in head and "connection: close" in head
+
+
+def test_sign_in_asks_for_the_one_time_code_when_the_cluster_requires_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import pyotp
+
+    from tests.integration.test_web_login import otp_cluster, otp_secret
+
+    with otp_cluster(tmp_path_factory.mktemp("otp-browser-apps")) as c:
+        ca = c.root / "host-ca.pem"
+        ca.write_text(c.tctl("auth", "export", "--type=tls-host").stdout)
+        http = Http(c, ca)
+        out = c.tctl("users", "add", "olga", "--roles=access").stdout
+        (url,) = re.findall(r"https://\S+/web/invite/[0-9a-f]+", out)
+        totp = pyotp.TOTP(otp_secret(http.get(url).body))
+        origin = {"Origin": f"https://{c.public_addr}"}
+        fields = {"password": PASSWORD, "password_confirm": PASSWORD}
+        enrolled = http.request(
+            "POST", url, form={**fields, "otp_code": totp.now()}, headers=origin
+        )
+        assert enrolled.status == 200, enrolled.body
+
+        form = http.get(http.url("/web/login"))
+        assert 'autocomplete="one-time-code"' in form.body and "Authenticator code" in form.body
+        login = {"user": "olga", "password": PASSWORD, "redirect": ""}
+        r = http.request("POST", http.url("/web/login"), form=login, headers=origin)
+        assert r.status == 403 and "set-cookie" not in r.headers
+        code = totp.at(time.time() + 30)  # the enrollment used the current step
+        r = http.request(
+            "POST", http.url("/web/login"), form={**login, "otp_code": code}, headers=origin
+        )
+        assert r.status == 303 and "__Host-session" in r.cookies()
+        assert "You are signed in" in http.get(http.url("/web/login")).body
+
+
+def test_failed_sign_ins_are_rate_limited_and_audited(cluster: Cluster, ca: Path) -> None:
+    http = Http(cluster, ca)
+    user = new_user(cluster, ca)
+    origin = {"Origin": f"https://{cluster.public_addr}"}
+    bad = {"user": user, "password": "wrong password", "redirect": ""}
+    for _ in range(5):
+        r = http.request("POST", http.url("/web/login"), form=bad, headers=origin)
+        assert r.status == 403 and 'role="alert"' in r.body
+    ok = {**bad, "password": PASSWORD}
+    r = http.request("POST", http.url("/web/login"), form=ok, headers=origin)
+    assert r.status == 429 and "too many failed login attempts" in r.body.lower()
+    assert r.header("retry-after") and "set-cookie" not in r.headers
+    ev = wait_for_event(cluster, "user.login", user=user, success=False)
+    assert ev["method"] == "local"
