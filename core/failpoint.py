@@ -27,7 +27,7 @@ KNOWN = {
     "bot.renew.after_response": "the cluster issued the next generation, tbot has not saved it",
     "bot.storage.after_identity": "the identity bundle is saved, its separate pieces are not",
     "bot.renew.after_save": "the renewed identity is saved, no output is refreshed",
-    "bot.output.after_first_file": "one file of an output is replaced, the others are not",
+    "bot.output.after_first_file": "one file of an output is renamed into place, the others not yet",
 }
 
 

@@ -390,10 +390,7 @@ class Bot:
         out: AnyOutput, dest: DirectoryDestination | MemoryDestination, files: dict[str, bytes]
     ) -> None:
         dest.init(outfiles.subdirs(out))
-        for i, (name, data) in enumerate(files.items()):
-            dest.write(name, data)
-            if i == 0:
-                failpoint("bot.output.after_first_file")
+        dest.write_many(files)  # switched over together: no new key beside an old cert
 
     async def _credentials(self, api: BotAPI, out: AnyOutput) -> outfiles.Credentials:
         key = generate_private_key()

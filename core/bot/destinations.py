@@ -36,6 +36,7 @@ from typing import Protocol
 from jumpgate.core.bot import posixacl
 from jumpgate.core.bot.config_outputs import DestinationConfig, DirectoryConfig
 from jumpgate.core.errors import AccessDenied, BadParameter, NotFound
+from jumpgate.core.failpoint import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class Destination(Protocol):
 
     def write(self, name: str, data: bytes) -> None:
         """Replace file ``name`` (may contain one ``/``) atomically."""
+        ...
+
+    def write_many(self, files: dict[str, bytes]) -> None:
+        """Replace several files, each atomically, all switched over together."""
         ...
 
     def read(self, name: str) -> bytes | None:
@@ -79,6 +84,10 @@ class MemoryDestination:
     def write(self, name: str, data: bytes) -> None:
         """Keep ``data`` under ``name``."""
         self.files[name] = bytes(data)
+
+    def write_many(self, files: dict[str, bytes]) -> None:
+        """Keep every file (one dict update: readers see all or none)."""
+        self.files.update({k: bytes(v) for k, v in files.items()})
 
     def read(self, name: str) -> bytes | None:
         """The kept bytes, or None."""
@@ -271,7 +280,59 @@ class DirectoryDestination:
                 for fd in opened:
                     os.close(fd)
 
+    def write_many(self, files: dict[str, bytes]) -> None:
+        """Replace several files so that readers see the new set together, as nearly as
+        POSIX allows: every new file is written and fsynced under a temporary name
+        first, then all are renamed into place in a row (microseconds apart, where
+        writing them one by one leaves milliseconds between a new ``key`` and its
+        ``tlscert``), then the directories are fsynced.
+        """
+        with self._dir_fd(create=True) as top:
+            opened: list[int] = []
+            staged: list[tuple[int, str, str]] = []  # (directory fd, temporary, final name)
+            try:
+                for name, data in files.items():
+                    parts = _split(name)
+                    dfd = top
+                    for part in parts[:-1]:
+                        dfd = self._subdir(dfd, part, create=True)
+                        opened.append(dfd)
+                    tmp = self._stage_at(dfd, parts[-1], name, data)
+                    if tmp is not None:
+                        staged.append((dfd, tmp, parts[-1]))
+                for i, (dfd, tmp, base) in enumerate(staged):
+                    os.rename(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+                    staged[i] = (dfd, "", base)
+                    if i == 0:
+                        failpoint("bot.output.after_first_file")
+                for fd in (top, *opened):
+                    with contextlib.suppress(OSError):
+                        os.fsync(fd)
+            finally:
+                for dfd, tmp, _ in staged:
+                    if tmp:
+                        with contextlib.suppress(OSError):
+                            os.unlink(tmp, dir_fd=dfd)
+                for fd in opened:
+                    os.close(fd)
+
     def _write_at(self, dfd: int, base: str, name: str, data: bytes) -> None:
+        tmp = self._stage_at(dfd, base, name, data)
+        if tmp is None:
+            return
+        try:
+            os.rename(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        with contextlib.suppress(OSError):
+            os.fsync(dfd)
+
+    def _stage_at(self, dfd: int, base: str, name: str, data: bytes) -> str | None:
+        """Write ``data`` to a new temporary file beside ``base`` (owner and ACL carried
+        over, fsynced) and return its name; None when it was written already (a
+        deliberately followed symlink, ``symlinks: insecure``)."""
         full = self.path / name
         try:
             st: os.stat_result | None = os.stat(base, dir_fd=dfd, follow_symlinks=False)
@@ -290,7 +351,7 @@ class DirectoryDestination:
 
                 real = Path(os.path.realpath(full))
                 atomic_write(real, data, mode=FILE_MODE)
-                return
+                return None
             log.warning(
                 "%s is a symbolic link (to %s): replacing the link with a regular file instead "
                 "of following it (symlinks: try-secure)",
@@ -322,13 +383,11 @@ class DirectoryDestination:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dfd)
             raise
-        with contextlib.suppress(OSError):
-            os.fsync(dfd)
+        return tmp
 
     def _acl_for(self, dfd: int, base: str, st: os.stat_result | None) -> posixacl.ACL | None:
         """The ACL the new file should carry: the old file's, else derived from the directory's."""

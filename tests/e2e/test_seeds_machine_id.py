@@ -235,12 +235,34 @@ def conninfo(port: int, dbname: str, dest: Path) -> str:
 def libpq_conninfo(port: int, dbname: str, dest: Path, scratch: Path) -> str:
     """:func:`conninfo` for libpq clients (psql, psycopg), which refuse a key file whose mode
     has group bits unless root owns it — and a POSIX ACL shows its mask there. The
-    Go sample's pgx does not check; libpq users copy the key (see the guide's note)."""
+    Go sample's pgx does not check; libpq users copy the key (see the guide's note).
+    The key and the certificate are copied as a matching pair (a renewal may land
+    between two reads)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from jumpgate.core.tlsca import load_private_key
+
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for _ in range(50):
+        key_pem, cert_pem = (dest / "key").read_bytes(), (dest / "tlscert").read_bytes()
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        if load_private_key(key_pem).public_key().public_bytes(*spki) == (
+            cert.public_key().public_bytes(*spki)
+        ):
+            break
+    else:
+        pytest.fail(f"{dest}: key and tlscert never matched", pytrace=False)
     scratch.mkdir(exist_ok=True)
-    key = scratch / "key"
-    key.write_bytes((dest / "key").read_bytes())
+    key, crt = scratch / "key", scratch / "tlscert"
+    key.write_bytes(key_pem)
     key.chmod(0o600)
-    return conninfo(port, dbname, dest).replace(f"sslkey={dest}/key", f"sslkey={key}")
+    crt.write_bytes(cert_pem)
+    return (
+        conninfo(port, dbname, dest)
+        .replace(f"sslkey={dest}/key", f"sslkey={key}")
+        .replace(f"sslcert={dest}/tlscert", f"sslcert={crt}")
+    )
 
 
 def tls_probe_as(user: str, port: int, dest: Path) -> str:

@@ -69,12 +69,38 @@ def test_atomic_writes_modes_and_subdirs(tmp_path: Path) -> None:
         dest.write("../escape", b"x")
 
 
+def test_write_many_switches_a_set_over_together(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    dest = DirectoryDestination(root)
+    dest.init(("cockroach",))
+    dest.write_many({"key": b"k1", "tlscert": b"c1", "cockroach/node.crt": b"n1"})
+    dest.write_many({"key": b"k2", "tlscert": b"c2", "cockroach/node.crt": b"n2"})
+    assert [dest.read(n) for n in ("key", "tlscert", "cockroach/node.crt")] == [
+        b"k2",
+        b"c2",
+        b"n2",
+    ]
+    assert all(_mode(root / n) == 0o600 for n in ("key", "tlscert", "cockroach/node.crt"))
+    leftovers = [p.name for p in root.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+    # a planted symlink in the set is handled as write() does, before anything moves
+    (root / "tlscert").unlink()
+    (root / "tlscert").symlink_to("/etc/passwd")
+    strict = DirectoryDestination(root, symlinks="secure")
+    with pytest.raises(AccessDenied, match="symbolic link"):
+        strict.write_many({"key": b"k3", "tlscert": b"c3"})
+    assert dest.read("key") == b"k2"  # nothing was switched over
+    assert [p.name for p in root.rglob("*") if p.name.endswith(".tmp")] == []
+
+
 def test_memory_destination() -> None:
     dest = make_destination(MemoryConfig())
     assert isinstance(dest, MemoryDestination)
     dest.init()
     dest.write("key", b"k")
     assert dest.read("key") == b"k" and dest.read("x") is None
+    dest.write_many({"key": b"k2", "tlscert": b"c2"})
+    assert dest.read("key") == b"k2" and dest.read("tlscert") == b"c2"
     assert isinstance(make_destination(DirectoryConfig(path="/x")), DirectoryDestination)
 
 
