@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import quote
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -442,108 +442,10 @@ class AppFrontend:
     async def _browser_endpoint(
         self, hs: Handshake, head: Head, app: str, path: str, client_addr: str
     ) -> None:
-        """``/x-teleport-auth`` (state nonce, then the launch token) and ``/x-teleport-logout``."""
-        from jumpgate.core.proxy import web_apps, websession
+        """``/x-teleport-auth`` and ``/x-teleport-logout`` (see :mod:`.app_browser`)."""
+        from jumpgate.core.proxy.app_browser import browser_endpoint
 
-        cookies = websession.parse_cookies((head.get(b"cookie") or b"").decode("latin-1"))
-        query = parse_qs(head.target.partition("?")[2])
-        security = [("Referrer-Policy", "no-referrer"), ("X-Frame-Options", "DENY")]
-        if path == LOGOUT_PATH:
-            session = await websession.delete_app_session(
-                self.auth, cookies.get(websession.APP_COOKIE, "")
-            )
-            if session is not None:
-                self.close_browser_sessions([session.session_id], "signed out")
-                self.auth.audit.emit(
-                    "app.session.logout", user=session.user, app_name=app, sid=session.session_id
-                )
-            body = (
-                '<!doctype html><html lang="en"><meta charset="utf-8"><title>Signed out</title>'
-                f"<h1>Signed out of {escape(app)}</h1><p>This browser's session with the "
-                f'application has ended. <a href="https://{escape(self.public_addr)}/web/logout">'
-                "Sign out of Jumpgate</a> too, or "
-                f'<a href="/">sign in to {escape(app)} again</a>.</p>'
-            ).encode()
-            self._write(
-                hs,
-                _response(
-                    200,
-                    body,
-                    content_type="text/html; charset=utf-8",
-                    headers=[
-                        ("Set-Cookie", websession.clear_cookie(websession.APP_COOKIE)),
-                        *security,
-                    ],
-                ),
-            )
-            return
-        if head.method not in ("GET", "HEAD"):
-            self._reply(hs, 405, f"{path} takes GET", head)
-            return
-        token = (query.get("token") or [""])[0]
-        if not token:  # start: a state nonce for this browser, then the proxy's launcher
-            state = websession.new_secret()
-            target = web_apps.safe_path((query.get("path") or ["/"])[0])
-            location = f"https://{self.public_addr}/web/launch?" + urlencode(
-                {"app": app, "path": target, "state": state}
-            )
-            cookie = websession.set_cookie(
-                websession.STATE_COOKIE, state, max_age=int(websession.STATE_TTL.total_seconds())
-            )
-            self._write(
-                hs,
-                _response(
-                    302,
-                    b"",
-                    headers=[("Location", location), ("Set-Cookie", cookie), *security],
-                ),
-            )
-            return
-        try:
-            grant = await websession.consume_launch_token(
-                self.auth, token, app=app, state=cookies.get(websession.STATE_COOKIE, "")
-            )
-        except websession.LaunchRefused as exc:
-            self.auth.audit.emit(
-                "app.session.launch",
-                success=False,
-                app_name=app,
-                addr=client_addr,
-                error=exc.message,
-            )
-            self._reply(
-                hs,
-                403,
-                exc.message,
-                head,
-                hint=f"open https://{self.public_addr}/web/launch?app={quote(app)} to sign in again",
-            )
-            return
-        sess = grant.session
-        self.auth.audit.emit(
-            "app.session.launch",
-            user=sess.user,
-            app_name=app,
-            sid=sess.session_id,
-            addr=client_addr,
-        )
-        max_age = max(1, int((sess.expires - datetime.now(UTC)).total_seconds()))
-        self._write(
-            hs,
-            _response(
-                302,
-                b"",
-                headers=[
-                    ("Location", grant.path),
-                    (
-                        "Set-Cookie",
-                        websession.set_cookie(websession.APP_COOKIE, grant.cookie, max_age=max_age),
-                    ),
-                    ("Set-Cookie", websession.clear_cookie(websession.STATE_COOKIE)),
-                    *security,
-                ],
-            ),
-        )
+        await browser_endpoint(self, hs, head, app, path, client_addr)
 
     @staticmethod
     def _write(hs: Handshake, data: bytes) -> None:
