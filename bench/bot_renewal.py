@@ -488,7 +488,7 @@ def run_bench(args: argparse.Namespace, cluster: Cluster, root: Path) -> dict[st
         spy.wait(timeout=args.duration + 60)
         if args.spy_out.exists():
             profile = summarize_py_spy(args.spy_out)
-            profile["raw"] = str(args.spy_out)  # type: ignore[assignment]
+            profile["raw"] = str(args.spy_out)
 
     errors: Counter[str] = Counter()
     for d in done:
@@ -528,7 +528,7 @@ def run_bench(args: argparse.Namespace, cluster: Cluster, root: Path) -> dict[st
         "max_ms": ms(lat[-1]) if lat else None,
         "mean_ms": ms(statistics.fmean(lat)) if lat else None,
         "schedule_late_p99_ms": ms(percentile(late, 0.99)),
-        "windows": windows(timed, args.interval, args.duration),  # type: ignore[arg-type]
+        "windows": windows(timed, args.interval, args.duration),
         "generation_check": gens,
         "generations_consistent": gens["mismatches"] == 0 and not gens["locked"],
         "audit_renewals_ok": ev_ok,

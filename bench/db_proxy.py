@@ -879,11 +879,11 @@ class Bench:
                 runs[path].append(self.copy_run(path, self.args.copy_mb / rounds, r == 0))
         out: dict[str, dict[str, Any]] = {}
         for path, rs in runs.items():
-            nbytes = sum(r["bytes"] for r in rs)
-            secs = sum(r["seconds"] for r in rs)
+            nbytes = sum(x["bytes"] for x in rs)
+            secs = sum(x["seconds"] for x in rs)
             cpu: dict[str, float] = {}
-            for r in rs:
-                for k, v in r["cpu_s"].items():
+            for x in rs:
+                for k, v in x["cpu_s"].items():
                     cpu[k] = round(cpu.get(k, 0.0) + v, 2)
             out[path] = {
                 "rows": sum(r["rows"] for r in rs),
