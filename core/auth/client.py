@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import ssl
-import tempfile
 import threading
-from pathlib import Path
 from typing import Any
 
 from jumpgate.core.auth.identityfile import IdentityFile
 from jumpgate.core.errors import ConnectionProblem, from_dict
+from jumpgate.core.tlsutil import load_cert_chain_from_memory
 
 #: The name internal clients expect on auth and proxy certificates.
 API_DOMAIN = "teleport.cluster.local"
@@ -47,15 +45,8 @@ def client_ssl_context(ident: IdentityFile, *, alpn: list[str] | None = None) ->
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_verify_locations(cadata=ident.ca_bundle.decode())
     ctx.check_hostname = True
-    # load_cert_chain needs a file: write the key and certificate to a private temp file
-    fd, path = tempfile.mkstemp(prefix="jg-ident-", suffix=".pem")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(ident.key_pem + ident.cert_pem)
-        ctx.load_cert_chain(path)
-    finally:
-        Path(path).unlink()
+    # load_cert_chain needs a path: an anonymous in-memory file (never on disk)
+    load_cert_chain_from_memory(ctx, ident.cert_pem, ident.key_pem)
     if alpn:
         ctx.set_alpn_protocols(alpn)
     return ctx

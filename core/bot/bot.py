@@ -353,6 +353,8 @@ class Bot:
         """Write fresh credentials to every output; the labels of those that failed."""
         assert self.ident is not None
         failed: list[str] = []
+        if not self.outputs:
+            return failed  # no TLS context to build for nothing
         api = self._api(self.ident.ident_file())
         try:
             for out, dest, label in self.outputs:
