@@ -226,6 +226,10 @@ $($TCTL status | sed 's/^/   /')
    tsh proxy app demo-app --port=18081 &   # then open http://127.0.0.1:18081/
    curl http://127.0.0.1:18081/api/users
 
+ Or open https://demo-app.localhost:$WEB/ in a browser and sign in as alice (the proxy's
+ certificate is signed by the cluster's own CA: accept it, or import the CA from
+ tctl -c $CONF auth export --type=tls-host); the page shows the JWT the app receives.
+
  Press Ctrl-C to stop.
 TXT
 wait "$TEL_PID" || true
