@@ -18,6 +18,7 @@ from jumpgate.tui.screens.login import LoginScreen
 from jumpgate.tui.screens.proxies import ProxiesScreen
 from jumpgate.tui.screens.wizard import WizardScreen
 from jumpgate.tui.state import DashboardState, Options
+from jumpgate.tui.workers import to_ui
 
 #: mode name → (screen class, key, title)
 SCREENS: dict[str, tuple[type[Screen[None]], str, str]] = {
@@ -52,17 +53,25 @@ class JumpgateApp(App[None]):
         super().__init__()
         self.state = state or DashboardState(Options())
         self.theme = theme
+        #: Set once the start-up check is done: the login dialog it offered (if any) is
+        #: on the screen stack by then
+        self.login_checked = False
 
     def on_mount(self) -> None:
         """Offer to log in when there is no profile and no tbot to watch."""
-        self._offer_login()
+        self._check_login()
 
     @work(thread=True, group="startup")
-    def _offer_login(self) -> None:
+    def _check_login(self) -> None:
         opts = self.state.options
-        if opts.configs or opts.destination_dirs or self.state.profile() is not None:
-            return
-        self.call_from_thread(self.action_login)
+        offer = not (opts.configs or opts.destination_dirs or self.state.profile() is not None)
+        to_ui(self, self._login_checked, offer)
+
+    def _login_checked(self, offer: bool) -> None:
+        # the user may have opened the login dialog (L) before the check came back: one is enough
+        if offer and not any(isinstance(s, LoginScreen) for s in self.screen_stack):
+            self.action_login()
+        self.login_checked = True
 
     def action_toggle_theme(self) -> None:
         """Light ↔ dark."""

@@ -207,6 +207,15 @@ class DashboardState:
         )
         return self._run(proxy, db)
 
+    def start_app_proxy(self, app: str, *, port: int = 0) -> StartedProxy:
+        """``tsh proxy app`` inside the dashboard (logs in to the app first): plain HTTP on
+        127.0.0.1, the app's certificate towards the proxy."""
+        from jumpgate.core.client.appclient import app_local_proxy, ensure_app_login
+
+        prof = self.require_profile()
+        ensure_app_login(prof, app)
+        return self._run(app_local_proxy(prof, app, port), app)
+
     def start_bot_proxy(
         self, *, proxy_addr: str, destination: str, service: str, port: int, tunnel: bool
     ) -> StartedProxy:

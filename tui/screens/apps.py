@@ -16,8 +16,9 @@ from textual.worker import get_current_worker
 from jumpgate.core.client import snippets
 from jumpgate.core.errors import JumpgateError
 from jumpgate.tui.notify import notify_error
-from jumpgate.tui.state import DashboardState
+from jumpgate.tui.state import DashboardState, StartedProxy
 from jumpgate.tui.widgets.resource_table import ResourceTable, Row, make_row
+from jumpgate.tui.workers import to_ui
 
 COLUMNS = [("Name", 28), ("Public address", 40), ("Description", 36), ("Labels", 50)]
 LOCAL_APP_PORT = 8080
@@ -59,6 +60,7 @@ class AppsScreen(Screen[None]):
         Binding("slash", "focus_filter", "Filter"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
         Binding("o", "open", "Open URL"),
+        Binding("s", "start_proxy", "Local proxy"),
         Binding("y", "copy", "Copy curl"),
         Binding("r", "refresh", "Refresh"),
     ]
@@ -99,10 +101,10 @@ class AppsScreen(Screen[None]):
             apps = self.state.apps()
         except JumpgateError as exc:
             if not worker.is_cancelled:
-                self.app.call_from_thread(self._failed, exc)
+                to_ui(self, self._failed, exc)
             return
         if not worker.is_cancelled:
-            self.app.call_from_thread(self.show_apps, apps)
+            to_ui(self, self.show_apps, apps)
 
     def _failed(self, exc: JumpgateError) -> None:
         self.query_one("#app-count", Static).update(Text(exc.message, style="red"))
@@ -157,8 +159,15 @@ class AppsScreen(Screen[None]):
         labels = ", ".join(f"{k}={v}" for k, v in sorted((a.get("labels") or {}).items()))
         out.append(f"{labels or '-'}\n")
         out.append("\nLocal proxy\n", style="bold underline")
-        out.append(f"  tsh proxy app {name} --port={LOCAL_APP_PORT}\n")
-        out.append(f"  {snippets.curl(f'http://localhost:{LOCAL_APP_PORT}/')}\n")
+        running = self.running(name)
+        if running is not None:
+            out.append("  running on ", style="green")
+            out.append(f"{running.host}:{running.port}\n", style="bold green")
+            out.append(f"  {snippets.curl(f'http://{running.host}:{running.port}/')}\n")
+        else:
+            out.append(f"  tsh proxy app {name} --port={LOCAL_APP_PORT}\n")
+            out.append(f"  {snippets.curl(f'http://localhost:{LOCAL_APP_PORT}/')}\n")
+            out.append("  (s starts one here)\n", style="dim")
         out.append("\nWith tbot\n", style="bold underline")
         out.append(
             f"  tbot proxy --destination-dir=/opt/machine-id app --port={LOCAL_APP_PORT} {name}\n"
@@ -187,15 +196,53 @@ class AppsScreen(Screen[None]):
         import webbrowser
 
         ok = webbrowser.open(url)
-        self.app.call_from_thread(
-            self.notify, url, title="Opened" if ok else "No browser found; the URL is"
+        to_ui(self, self.notify, url, title="Opened" if ok else "No browser found; the URL is")
+
+    def running(self, name: str) -> StartedProxy | None:
+        """The local proxy this dashboard started for ``name``, if any."""
+        return next((s for s in self.state.started if s.target == name), None)
+
+    def curl_snippet(self, name: str) -> str:
+        """curl through the running local proxy (else the one ``tsh proxy app`` would start)."""
+        running = self.running(name)
+        if running is not None:
+            return snippets.curl(f"http://{running.host}:{running.port}/")
+        return snippets.curl(f"http://localhost:{LOCAL_APP_PORT}/")
+
+    def action_start_proxy(self) -> None:
+        """Start a local proxy for the selected app (``tsh proxy app``, a free port)."""
+        a = self._selected()
+        if a is None:
+            return
+        name = str(a.get("name", ""))
+        if self.running(name) is not None:
+            self.notify(f"A local proxy for {name} is already running.", severity="warning")
+            return
+        self.start_proxy(name)
+
+    @work(thread=True, group="proxy")
+    def start_proxy(self, name: str) -> None:
+        """Log in to the app and start its local proxy (in a worker)."""
+        try:
+            started = self.state.start_app_proxy(name)
+        except JumpgateError as exc:
+            to_ui(self, notify_error, self.app, exc, title="Local proxy")
+            return
+        to_ui(self, self._proxy_started, name, started)
+
+    def _proxy_started(self, name: str, started: StartedProxy) -> None:
+        self.notify(
+            f"Local proxy for {name} on http://{started.host}:{started.port}/", title="Started"
         )
+        row = self.query_one("#apps", ResourceTable).current
+        if row is not None and row.key == name:
+            self.query_one("#app-details", Static).update(self.details_text(name))
 
     def action_copy(self) -> None:
         """Copy a curl command for the local proxy."""
         a = self._selected()
         if a is None:
             return
-        cmd = snippets.curl(f"http://localhost:{LOCAL_APP_PORT}/")
+        cmd = self.curl_snippet(str(a.get("name", "")))
         self.app.copy_to_clipboard(cmd)
         self.notify(cmd, title="Copied", markup=False)

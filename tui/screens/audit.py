@@ -18,6 +18,7 @@ from jumpgate.core.errors import JumpgateError
 from jumpgate.tui.notify import notify_error
 from jumpgate.tui.state import DashboardState
 from jumpgate.tui.widgets.resource_table import ResourceTable, Row, make_row
+from jumpgate.tui.workers import to_ui
 
 COLUMNS = [("Time (UTC)", 19), ("Event", 26), ("User", 20), ("Result", 7), ("Details", 80)]
 _SKIP = {"event", "code", "time", "uid", "cluster_name", "ei", "user", "success"}
@@ -99,10 +100,10 @@ class AuditScreen(Screen[None]):
             events = self.state.audit_events()
         except JumpgateError as exc:
             if not worker.is_cancelled:
-                self.app.call_from_thread(self._failed, exc)
+                to_ui(self, self._failed, exc)
             return
         if not worker.is_cancelled:
-            self.app.call_from_thread(self.show_events, events)
+            to_ui(self, self.show_events, events)
 
     def _failed(self, exc: JumpgateError) -> None:
         self.query_one("#audit-count", Static).update(exc.message)

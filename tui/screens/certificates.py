@@ -19,6 +19,7 @@ from jumpgate.core.errors import JumpgateError, NotFound
 from jumpgate.tui.notify import notify_error
 from jumpgate.tui.state import DashboardState
 from jumpgate.tui.widgets.timefmt import countdown, fraction_style, short_time
+from jumpgate.tui.workers import to_ui
 
 COLUMNS = ("Kind", "Name", "Left", "Not after", "Last", "Next", "tbot", "Subject", "Roles", "Route")
 
@@ -89,7 +90,7 @@ class CertificatesScreen(Screen[None]):
                 except JumpgateError as exc:
                     diag[path] = exc.message
         if not worker.is_cancelled:
-            self.app.call_from_thread(self.show, certs, warnings, diag)
+            to_ui(self, self.show, certs, warnings, diag)
 
     def show(
         self, certs: list[CertInfo], warnings: list[str], diag: dict[str, Diagnostics | str]
@@ -243,9 +244,7 @@ class CertificatesScreen(Screen[None]):
                 )
             renew_now(pid)
         except JumpgateError as exc:
-            self.app.call_from_thread(notify_error, self.app, exc, title="Renew")
+            to_ui(self, notify_error, self.app, exc, title="Renew")
             return
-        self.app.call_from_thread(
-            self.notify, f"Sent SIGHUP to tbot (pid {pid}): renewing now", title="Renew"
-        )
-        self.app.call_from_thread(self.set_timer, 1.5, self.action_refresh)
+        to_ui(self, self.notify, f"Sent SIGHUP to tbot (pid {pid}): renewing now", title="Renew")
+        to_ui(self, self.set_timer, 1.5, self.action_refresh)

@@ -21,6 +21,7 @@ from jumpgate.tui.notify import notify_error
 from jumpgate.tui.state import DashboardState, tsh_argv
 from jumpgate.tui.widgets.resource_table import ResourceTable, Row, make_row
 from jumpgate.tui.widgets.timefmt import countdown
+from jumpgate.tui.workers import to_ui
 
 COLUMNS = [
     ("Name", 32),
@@ -123,15 +124,16 @@ class DatabasesScreen(Screen[None]):
             rows = database_rows(dbs)
         except JumpgateError as exc:
             if not worker.is_cancelled:
-                self.app.call_from_thread(self._failed, exc)
+                to_ui(self, self._failed, exc, self.state.profile())
             return
         if not worker.is_cancelled:
-            self.app.call_from_thread(self._loaded, prof, dbs, rows)
+            to_ui(self, self._loaded, prof, dbs, rows)
 
-    def _failed(self, exc: JumpgateError) -> None:
-        self.profile = self.state.profile()
+    def _failed(self, exc: JumpgateError, prof: Profile | None) -> None:
+        self.profile = prof
         self.query_one("#count", Static).update(Text(exc.message, style="red"))
-        notify_error(self.app, exc)
+        if prof is not None:  # logged out: the profile bar says so and the login is offered
+            notify_error(self.app, exc)
         self._tick()
 
     def _loaded(self, prof: Profile, dbs: list[dict[str, Any]], rows: list[Row]) -> None:
@@ -347,11 +349,9 @@ class DatabasesScreen(Screen[None]):
                 db_name=opts.get("db_name"),
             )
         except JumpgateError as exc:
-            self.app.call_from_thread(notify_error, self.app, exc)
+            to_ui(self, notify_error, self.app, exc)
             return
-        self.app.call_from_thread(
-            self._proxy_started, name, started.host, started.port, started.mode
-        )
+        to_ui(self, self._proxy_started, name, started.host, started.port, started.mode)
 
     def _proxy_started(self, name: str, host: str, port: int, mode: str) -> None:
         self.notify(f"Local proxy for {name} on {host}:{port} ({mode} mode)", title="Started")

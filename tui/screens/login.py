@@ -16,6 +16,7 @@ from jumpgate.core.errors import JumpgateError
 from jumpgate.tui.notify import error_text
 from jumpgate.tui.screens.dialogs import ConfirmScreen
 from jumpgate.tui.state import DashboardState
+from jumpgate.tui.workers import to_ui
 
 
 class LoginScreen(ModalScreen[bool]):
@@ -90,6 +91,8 @@ class LoginScreen(ModalScreen[bool]):
             answer.append(bool(ok))
             done.set()
 
+        if not self.is_attached:  # the dialog closed (or the app is exiting): no answer
+            return False
         self.app.call_from_thread(
             self.app.push_screen,
             ConfirmScreen(
@@ -99,7 +102,9 @@ class LoginScreen(ModalScreen[bool]):
             ),
             got,
         )
-        done.wait()
+        while not done.wait(0.5):
+            if not self.is_attached:
+                return False
         return answer[0]
 
     @work(thread=True, exclusive=True, group="login")
@@ -137,11 +142,11 @@ class LoginScreen(ModalScreen[bool]):
                 insecure=insecure,
             )
         except JumpgateError as exc:
-            self.app.call_from_thread(self._failed, exc)
+            to_ui(self, self._failed, exc)
             return
         self.state.options.proxy = addr
         self.state.options.user = res.username
-        self.app.call_from_thread(self._done, res.username, addr)
+        to_ui(self, self._done, res.username, addr)
 
     def _failed(self, exc: JumpgateError) -> None:
         self._say(error_text(exc))

@@ -18,6 +18,7 @@ from textual.worker import get_current_worker
 from jumpgate.core.client.discovery import LocalProxyInfo
 from jumpgate.tui.state import DashboardState
 from jumpgate.tui.widgets.timefmt import countdown, human_bytes
+from jumpgate.tui.workers import to_ui
 
 COLUMNS = (
     "Program",
@@ -83,7 +84,7 @@ class ProxiesScreen(Screen[None]):
         worker = get_current_worker()
         found = self.state.local_proxies()
         if not worker.is_cancelled:
-            self.app.call_from_thread(self.show, found)
+            to_ui(self, self.show, found)
 
     @staticmethod
     def key(p: LocalProxyInfo) -> str:
@@ -182,5 +183,5 @@ class ProxiesScreen(Screen[None]):
     def stop(self, started: object) -> None:
         """Stop a dashboard proxy (worker: closing waits for its connections)."""
         self.state.stop_proxy(started)  # type: ignore[arg-type]
-        self.app.call_from_thread(self.notify, "Local proxy stopped", title="Stopped")
-        self.app.call_from_thread(self.action_refresh)
+        to_ui(self, self.notify, "Local proxy stopped", title="Stopped")
+        to_ui(self, self.action_refresh)

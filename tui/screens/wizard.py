@@ -27,6 +27,7 @@ from jumpgate.tui.notify import error_text, notify_error
 from jumpgate.tui.screens.dialogs import ConfirmScreen
 from jumpgate.tui.state import DashboardState, StartedProxy
 from jumpgate.tui.widgets import wizard_forms as forms
+from jumpgate.tui.workers import alive, to_ui
 
 STEPS = ("RBAC", "tbot output", "Local proxy", "Client")
 NEXT_LABELS = ("Create role…", "Write tbot.yaml…", "Apply…", "Finish")
@@ -73,16 +74,20 @@ class WizardScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # compose ran just before; when the app began to exit meanwhile, the forms were
+        # never mounted and there is nothing to show
+        if not alive(self):
+            return
         self.sub_title = "Setup wizard"
-        self.prefill()
         self.show_step(1)
+        self.prefill()
 
     @work(thread=True, group="wizard-prefill")
     def prefill(self) -> None:
         """The proxy address from the profile (a file read: in a worker)."""
         prof = self.state.profile()
         if prof is not None:
-            self.app.call_from_thread(self._set_if_empty, "#proxy-server", prof.web_proxy_addr)
+            to_ui(self, self._set_if_empty, "#proxy-server", prof.web_proxy_addr)
 
     def _set_if_empty(self, selector: str, value: str) -> None:
         box = self.query_one(selector, Input)
@@ -91,8 +96,10 @@ class WizardScreen(Screen[None]):
 
     # ------------------------------------------------------------------ navigation
     def show_step(self, step: int) -> None:
-        """Switch to ``step`` and refresh its preview."""
+        """Switch to ``step`` and refresh its preview (a no-op once the screen is gone)."""
         self.step = step
+        if not alive(self):
+            return
         self.query_one("#wizard", ContentSwitcher).current = f"step{step}"
         marks = []
         for i, name in enumerate(STEPS, 1):
@@ -267,9 +274,9 @@ class WizardScreen(Screen[None]):
             finally:
                 client.close()
         except JumpgateError as exc:
-            self.app.call_from_thread(self._failed, exc)
+            to_ui(self, self._failed, exc)
             return
-        self.app.call_from_thread(self._role_applied, form, applied)
+        to_ui(self, self._role_applied, form, applied)
 
     def _role_applied(self, form: dbsetup.RoleForm, applied: dbsetup.RoleApplied) -> None:
         self.applied = applied
@@ -292,7 +299,7 @@ class WizardScreen(Screen[None]):
             text = Path(path).read_text() if path else None
         except (FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError):
             text = None
-        self.app.call_from_thread(self._existing_read, path, text)
+        to_ui(self, self._existing_read, path, text)
 
     def _existing_read(self, path: str, text: str | None) -> None:
         self.existing[path] = text
@@ -323,14 +330,14 @@ class WizardScreen(Screen[None]):
             if run_once:
                 run_bot_once(form.config_path)
         except JumpgateError as exc:
-            self.app.call_from_thread(self._failed, exc)
+            to_ui(self, self._failed, exc)
             return
         except OSError as exc:
-            self.app.call_from_thread(self._failed, exc)
+            to_ui(self, self._failed, exc)
             return
         if form.config_path not in self.state.options.configs:
             self.state.options.configs.append(form.config_path)
-        self.app.call_from_thread(self._config_written, form, run_once)
+        to_ui(self, self._config_written, form, run_once)
 
     def _config_written(self, form: dbsetup.OutputForm, ran: bool) -> None:
         self.output = form
@@ -388,9 +395,9 @@ class WizardScreen(Screen[None]):
                     tunnel=form.tunnel,
                 )
         except JumpgateError as exc:
-            self.app.call_from_thread(self._failed, exc)
+            to_ui(self, self._failed, exc)
             return
-        self.app.call_from_thread(self._proxy_applied, form, unit is not None, started)
+        to_ui(self, self._proxy_applied, form, unit is not None, started)
 
     def _proxy_of(self, out: dbsetup.OutputForm) -> str:
         cfg = dbsetup.validate_tbot_yaml(Path(out.config_path).read_text(), out.config_path)
@@ -430,7 +437,7 @@ class WizardScreen(Screen[None]):
             style = "bold green"
         except JumpgateError as exc:
             text, style = "Failed: " + error_text(exc).replace("\n", " — "), "bold red"
-        self.app.call_from_thread(self._tested, text, style)
+        to_ui(self, self._tested, text, style)
 
     def _tested(self, text: str, style: str) -> None:
         self.test_result = text
