@@ -15,7 +15,7 @@ from tests.conftest import free_port
 from tests.integration.conftest import Cluster, parse_status
 from tests.integration.test_tbot import DB_ROLE, _get, _metric, _poll, add_bot, daemon, db_output
 from tests.integration.test_tbot import seed_config as write_seed_config
-from tests.tui.conftest import SIZE, doc_shot, run_async, until
+from tests.tui.conftest import SIZE, doc_shot, run_async, started, switch, until
 
 COUNTDOWN = re.compile(r"^(\d+d\d\dh\d\dm|\d+h\d\dm\d\ds|\d+m\d\ds)$")
 
@@ -44,9 +44,8 @@ def test_profile_and_tbot_certificates_with_countdown_and_renew_now(
 
         async def scenario() -> None:
             async with app.run_test(size=SIZE) as pilot:
-                await pilot.press("c")
-                screen = app.screen
-                assert isinstance(screen, CertificatesScreen)
+                await started(pilot)
+                screen = await switch(pilot, "c", CertificatesScreen)
                 table = screen.query_one("#certs", DataTable)
                 await until(pilot, lambda: table.row_count == 3, "three certificates")
                 kinds = {c.kind: c for c in screen.certs}

@@ -13,7 +13,7 @@ from jumpgate.tui.screens.proxies import ProxiesScreen
 from jumpgate.tui.state import DashboardState, Options
 from jumpgate.tui.widgets.resource_table import ResourceTable
 from tests.integration.conftest import Cluster
-from tests.tui.conftest import SIZE, doc_shot, run_async, until
+from tests.tui.conftest import SIZE, decline_login, doc_shot, run_async, started, switch, until
 
 
 def synthetic(n: int) -> list[dict[str, object]]:
@@ -36,6 +36,7 @@ def test_lists_filters_and_details_from_the_cluster(db_cluster: Cluster, alice_h
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
+            await started(pilot)
             screen = app.screen
             assert isinstance(screen, DatabasesScreen)
             table = screen.query_one("#dbs", ResourceTable)
@@ -68,6 +69,7 @@ def test_local_proxy_started_from_the_dashboard_carries_a_query(
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
+            await started(pilot)
             table = app.screen.query_one("#dbs", ResourceTable)
             await until(pilot, lambda: bool(table.rows), "the database list")
             await pilot.press("s")
@@ -80,27 +82,24 @@ def test_local_proxy_started_from_the_dashboard_carries_a_query(
             await pilot.click("#ok")
             state = app.state
             await until(pilot, lambda: bool(state.started), "the local proxy", timeout=60)
-            started = state.started[0]
-            assert started.mode == "tunnel" and started.target == "pg"
+            proxy = state.started[0]
+            assert proxy.mode == "tunnel" and proxy.target == "pg"
             res = run_query(
-                ConnParams("127.0.0.1", started.port, "alice", "example", tunnel=True),
+                ConnParams("127.0.0.1", proxy.port, "alice", "example", tunnel=True),
                 "select current_user, current_database()",
             )
             assert res.rows == [["alice", "example"]]
             # the proxies screen finds it through its status file
-            await pilot.press("p")
-            await until(pilot, lambda: isinstance(app.screen, ProxiesScreen), "proxies screen")
-            proxies = app.screen
-            assert isinstance(proxies, ProxiesScreen)
+            proxies = await switch(pilot, "p", ProxiesScreen)
             await until(
                 pilot,
                 lambda: any(
-                    p.listen.endswith(f":{started.port}") and p.connections_total >= 1
+                    p.listen.endswith(f":{proxy.port}") and p.connections_total >= 1
                     for p in proxies.proxies
                 ),
                 "the proxy's status with the connection",
             )
-            (mine,) = [p for p in proxies.proxies if p.listen.endswith(f":{started.port}")]
+            (mine,) = [p for p in proxies.proxies if p.listen.endswith(f":{proxy.port}")]
             assert mine.program == "jumpgate" and mine.mode == "tunnel" and mine.target == "pg"
             assert mine.bytes_in > 0 and mine.bytes_out > 0
             await pilot.press("x")
@@ -115,10 +114,7 @@ def test_ten_thousand_databases_through_the_same_data_path(tmp_path: Path) -> No
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.pause()
-            if not isinstance(app.screen, DatabasesScreen):
-                await pilot.press("escape")  # the login offer (no profile)
-            screen = app.screen
+            screen = await decline_login(pilot)  # the login offer (no profile)
             assert isinstance(screen, DatabasesScreen)
             screen.show_databases(synthetic(10_000))
             table = screen.query_one("#dbs", ResourceTable)

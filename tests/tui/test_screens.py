@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -24,7 +26,7 @@ from tests.conftest import free_port
 from tests.integration.conftest import Cluster, cli_env, parse_status
 from tests.integration.dbhelpers import PASSWORD, invite_user
 from tests.integration.test_tbot import DB_ROLE, TBOT, add_bot, db_output, seed_config, tbot
-from tests.tui.conftest import SIZE, doc_shot, run_async, until
+from tests.tui.conftest import APP, SIZE, doc_shot, login_offer, run_async, started, switch, until
 
 
 @pytest.fixture
@@ -73,9 +75,8 @@ def test_proxies_screen_shows_a_running_tbot_proxy_live(
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("p")
-            screen = app.screen
-            assert isinstance(screen, ProxiesScreen)
+            await started(pilot)
+            screen = await switch(pilot, "p", ProxiesScreen)
 
             def mine() -> list:  # type: ignore[type-arg]
                 return [p for p in screen.proxies if p.listen == f"127.0.0.1:{port}"]
@@ -90,18 +91,23 @@ def test_proxies_screen_shows_a_running_tbot_proxy_live(
             assert res.rows == [["1"]]
             await until(
                 pilot,
-                lambda: bool(mine()) and mine()[0].connections_total == 1,
-                "the connection in the status",
+                # the status is written when the connection opens and again with its bytes
+                lambda: (
+                    bool(mine()) and mine()[0].connections_total == 1 and mine()[0].bytes_in > 0
+                ),
+                "the connection and its bytes in the status",
             )
-            assert mine()[0].bytes_in > 0
             hist = screen.history[screen.key(mine()[0])]
             await until(pilot, lambda: max(hist) > 0, "throughput in the sparkline data")
             doc_shot(app, "proxies")
             # stopping a proxy this dashboard did not start is refused with an explanation
             await pilot.press("x")
-            await pilot.pause()
+            await until(
+                pilot,
+                lambda: any("Only proxies started" in str(n.message) for n in app._notifications),
+                "the refusal",
+            )
             assert proc.poll() is None
-            assert any("Only proxies started" in str(n.message) for n in app._notifications)
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=15) == 0
             await until(pilot, lambda: not mine(), "the proxy to leave the list")
@@ -123,9 +129,8 @@ def test_audit_screen_lists_filters_and_details_events(
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("u")
-            screen = app.screen
-            assert isinstance(screen, AuditScreen)
+            await started(pilot)
+            screen = await switch(pilot, "u", AuditScreen)
             table = screen.query_one("#events", ResourceTable)
             await until(pilot, lambda: bool(table.rows), "audit events")
             await pilot.press("slash", *"event=role.created name=machine-id-db", "enter")
@@ -138,22 +143,70 @@ def test_audit_screen_lists_filters_and_details_events(
     run_async(scenario)
 
 
-def test_apps_screen_without_apps(db_cluster: Cluster, alice_home: Path) -> None:
+def test_apps_screen_lists_a_real_app_and_its_curl_snippet_reaches_it(
+    db_cluster: Cluster, alice_home: Path
+) -> None:
     app = JumpgateApp(DashboardState(Options(home=str(alice_home))))
+    url = f"https://{APP}.localhost:{db_cluster.web_port}"
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("a")
-            screen = app.screen
-            assert isinstance(screen, AppsScreen)
+            await started(pilot)
+            screen = await switch(pilot, "a", AppsScreen)
+            table = screen.query_one("#apps", ResourceTable)
             count = screen.query_one("#app-count")
-            await until(pilot, lambda: "Loading" not in str(count.render()), "the app list")
-            assert "No applications" in str(count.render()) or "0 applications" in str(
-                count.render()
+            await until(pilot, lambda: bool(table.rows), "the app list")
+            assert [r.key for r in table.rows] == [APP]
+            assert table.rows[0].cells == (
+                APP,
+                f"{APP}.localhost",
+                "Grafana (the test web app)",
+                "env=dev,team=observability",
             )
+            assert str(count.render()) == "1 applications"
+            details = screen.query_one("#app-details")
+            await until(pilot, lambda: APP in str(details.render()), "the details")
+            text = str(details.render())
+            assert f"URL      {url}\n" in text, text
+            assert f"tsh proxy app {APP} --port=8080" in text
+            assert "curl http://localhost:8080/" in text
             doc_shot(app, "apps")
+            # a local proxy started here: the details show curl against it, and it works
+            await pilot.press("s")
+            state = app.state
+            await until(pilot, lambda: bool(state.started), "the app's local proxy", timeout=60)
+            proxy = state.started[0]
+            assert (proxy.target, proxy.host) == (APP, "127.0.0.1")
+            snippet = f"curl http://127.0.0.1:{proxy.port}/"
+            await until(pilot, lambda: snippet in str(details.render()), "the running proxy")
+            assert screen.curl_snippet(APP) == snippet
+            *curl, base = shlex.split(snippet)
+            answer = subprocess.run(
+                [*curl, "-sS", "--max-time", "60", f"{base}api/users"],
+                capture_output=True,
+                text=True,
+                timeout=90,
+                check=False,
+            )
+            assert answer.returncode == 0, answer.stderr
+            assert json.loads(answer.stdout)[0]["login"] == "admin", answer.stdout
+            # filters: a label, then nothing left
+            await pilot.press("slash", *"team=observability", "enter")
+            await until(pilot, lambda: len(table.view) == 1, "the label filter")
+            await pilot.press("slash", *" nope", "enter")
+            await until(pilot, lambda: not table.view, "the empty filter")
+            await until(
+                pilot, lambda: "No application matches" in str(details.render()), "no match"
+            )
+            await until(pilot, lambda: app.focused is table, "the table's focus")
             await pilot.press("o")  # nothing selected: a warning, no crash
-            await pilot.pause()
+            await until(
+                pilot,
+                lambda: any(
+                    "No application selected" in str(n.message) for n in app._notifications
+                ),
+                "the warning",
+            )
 
     run_async(scenario)
 
@@ -173,8 +226,8 @@ def test_login_dialog_logs_in_with_the_tsh_login_steps(
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login offer")
-            login = app.screen
+            login = await login_offer(pilot)
+            assert isinstance(login, LoginScreen)
             ok = login.query_one("#ok")
             await until(pilot, lambda: ok.region.area > 0, "the dialog's layout")
             login.query_one("#password").value = "wrong password"  # type: ignore[attr-defined]

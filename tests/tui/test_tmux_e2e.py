@@ -17,6 +17,9 @@ import pytest
 from tests.integration.conftest import Cluster, cli_env
 
 JUMPGATE = str(Path(sys.executable).parent / "jumpgate")
+WIDTH, HEIGHT = 160, 50
+#: The profile's row of the certificates table: kind, name (the proxy host), the countdown
+PROFILE_ROW = r"^\W*tsh profile\s+localhost\s+(\d+h\d\dm\d\ds)\b"
 
 
 class Tmux:
@@ -69,20 +72,24 @@ def test_databases_list_and_certificate_countdown_in_tmux(
     env = cli_env()
     env.update(TELEPORT_HOME=str(alice_home), PGSERVICEFILE=str(pg_service), TERM="xterm-256color")
     command = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + JUMPGATE
-    tmux.run("new-session", "-d", "-s", "jg", "-x", "150", "-y", "42", command)
-    screen = tmux.wait_for(r"^.*\bpg\b.*postgres.*Example PostgreSQL")
-    assert "1 databases" in screen
-    assert re.search(r"alice@localhost:\d+ .*session \d+h\d\dm\d\ds", screen), screen
+    # the pane's size is set, not inherited: every column of both tables fits in one line
+    tmux.run("new-session", "-d", "-s", "jg", "-x", str(WIDTH), "-y", str(HEIGHT), command)
+    size = tmux.run("display-message", "-p", "-t", "jg", "#{pane_width}x#{pane_height}")
+    assert size.stdout.strip() == f"{WIDTH}x{HEIGHT}", size.stdout
+    tmux.wait_for(r"^.*\bpg\b.*postgres.*Example PostgreSQL")
+    tmux.wait_for(r"\b1 databases\b")
+    tmux.wait_for(r"alice@localhost:\d+ .*session \d+h\d\dm\d\ds")
     tmux.run("send-keys", "-t", "jg", "c")
-    screen = tmux.wait_for(r"tsh profile .*\d+h\d\dm\d\ds.* alice ")
-    first = re.search(r"tsh profile .*?(\d+h\d\dm\d\ds)", screen)
+    # the columns in their order: Kind, Name, Left, Not after, …, Subject
+    screen = tmux.wait_for(rf"{PROFILE_ROW}.* alice ")
+    first = re.search(PROFILE_ROW, screen, re.M)
     assert first is not None
     # the countdown is live: it changes while we watch
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     now = first.group(1)
     while now == first.group(1) and time.monotonic() < deadline:
         time.sleep(0.2)
-        m = re.search(r"tsh profile .*?(\d+h\d\dm\d\ds)", tmux.capture())
+        m = re.search(PROFILE_ROW, tmux.capture(), re.M)
         now = m.group(1) if m else now
     assert now != first.group(1), "the countdown did not move"
     tmux.run("send-keys", "-t", "jg", "q")

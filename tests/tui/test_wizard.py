@@ -18,7 +18,7 @@ from jumpgate.tui.screens.wizard import WizardScreen
 from jumpgate.tui.state import DashboardState, Options
 from tests.conftest import free_port
 from tests.integration.conftest import Cluster
-from tests.tui.conftest import SIZE, doc_shot, no_blink, run_async, until
+from tests.tui.conftest import SIZE, doc_shot, no_blink, run_async, started, switch, until
 
 
 @pytest.fixture
@@ -52,9 +52,8 @@ def test_whole_path_ends_with_a_successful_test_connection(
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("w")
-            screen = app.screen
-            assert isinstance(screen, WizardScreen)
+            await started(pilot)
+            screen = await switch(pilot, "w", WizardScreen)
             # step 1: the role (live YAML preview), created as the admin, bot created with it
             await _fill(
                 screen,
@@ -138,26 +137,25 @@ def test_validation_and_nothing_written_without_confirmation(
 
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("w")
-            screen = app.screen
-            assert isinstance(screen, WizardScreen)
+            await started(pilot)
+            screen = await switch(pilot, "w", WizardScreen)
             await _fill(screen, role_name="never-role", db_users="alice", bot_name="neverbot")
+            status = screen.query_one("#status")
             await pilot.click("#next")
-            await pilot.pause()
+            await until(pilot, lambda: "db names" in str(status.render()), "the db names problem")
             assert screen.step == 1 and not isinstance(app.screen, ConfirmScreen)
-            assert "db names" in str(screen.query_one("#status").render())
             await _fill(screen, db_names="example", db_labels="env")
             await pilot.click("#next")
-            await pilot.pause()
-            assert "invalid label" in str(screen.query_one("#status").render())
+            await until(pilot, lambda: "invalid label" in str(status.render()), "the label error")
+            assert screen.step == 1 and not isinstance(app.screen, ConfirmScreen)
             await _fill(screen, db_labels="env=dev")
             await pilot.click("#next")
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the dialog")
             no = app.screen.query_one("#no")
             await until(pilot, lambda: no.region.area > 0, "the dialog's layout")
             await pilot.click("#no")  # cancel: nothing happens
-            await pilot.pause()
-            assert screen.step == 1 and screen.applied is None
+            await until(pilot, lambda: app.screen is screen, "the dialog to close")
+            assert screen.step == 1 and screen.applied is None and not screen.busy
 
     run_async(scenario)
     missing = db_cluster.tctl("get", "role/never-role", check=False)
