@@ -156,9 +156,18 @@ async def start_app_session(
                 hint=f"tsh apps login {app}",
             )
         auth.check_lock(identity)
-        servers = [s for s in await app_servers(auth) if s.spec.app.metadata.name == app]
+        # only the calling agent's own record: another agent announcing the same
+        # name (with other labels or another uri) must not decide this session
+        servers = [
+            s
+            for s in await app_servers(auth)
+            if s.spec.app.metadata.name == app and s.spec.host_id == agent.username
+        ]
         if not servers:
-            raise AccessDenied(f'application "{app}" is not registered (no App Service serves it)')
+            raise AccessDenied(
+                f'application "{app}" is not registered by this App Service ({agent.username})',
+                hint="the App Service announces its apps every 20 s; check that it is running",
+            )
         res = servers[0].spec.app
         base["app_uri"] = res.spec.uri
         base["app_public_addr"] = res.spec.public_addr

@@ -718,7 +718,6 @@ def test_connection_close_from_the_client_ends_the_connection(
         assert r.rest() == b""
 
 
-@pytest.mark.xfail(strict=True, reason="APP-SEC-9: RBAC uses the labels of any agent's heartbeat")
 def test_another_agents_labels_for_the_same_app_name_do_not_open_it(
     cluster: Cluster, aio_port: int, stdlib_up: StdlibUpstream, tmp_path: Path
 ) -> None:
