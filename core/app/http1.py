@@ -8,6 +8,7 @@ a keep-alive connection. Body bytes themselves are never copied or inspected.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 #: The largest message head accepted (request line plus header fields).
@@ -18,6 +19,12 @@ MAX_CHUNK_LINE = 4096
 _TOKEN_BYTES = frozenset(
     b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 )
+
+
+#: Bytes a request head may not contain: control characters other than HTAB, and CR or
+#: LF outside a CRLF pair. Servers that end lines at a bare LF (Go's net/http, Python's
+#: http.server) would otherwise see header fields the forwarder never saw (APP-SEC-1).
+_BAD_HEAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 
 class HTTPError(Exception):
@@ -81,8 +88,28 @@ def _parse_fields(lines: list[bytes]) -> tuple[list[tuple[bytes, bytes]], dict[b
     return headers, index
 
 
+def _refuse_control_bytes(raw: bytes, bad: re.Match[bytes]) -> HTTPError:
+    """A 400 naming the line of ``raw`` that holds the control byte ``bad`` found."""
+    start = raw.rfind(b"\n", 0, bad.start()) + 1
+    line = raw[start : bad.start()]
+    where = line.partition(b":")[0][:40] if start and b":" in line else b"the request line"
+    return HTTPError(
+        400,
+        f"control character 0x{raw[bad.start()]:02x} in {where.decode('latin-1')!r}: "
+        "header values and the request target may not contain CR, LF, NUL or other "
+        "control characters (only CRLF ends a line)",
+    )
+
+
 def parse_request_head(raw: bytes) -> Head:
-    """Parse ``raw`` (a head ending with an empty line) as a request."""
+    """Parse ``raw`` (a head ending with an empty line) as a request.
+
+    Refused (400): control characters (except HTAB in field values), a CR or LF
+    that is not part of a CRLF line end, a request target with whitespace.
+    """
+    bad = _BAD_HEAD_BYTES.search(raw)
+    if bad is not None:
+        raise _refuse_control_bytes(raw, bad)
     lines = raw[:-4].split(b"\r\n")
     # tolerate empty lines before the request line (RFC 9112 §2.2)
     while lines and not lines[0]:
@@ -93,6 +120,8 @@ def parse_request_head(raw: bytes) -> Head:
     if len(parts) != 3 or not parts[0] or not parts[1]:
         raise HTTPError(400, f"malformed request line {lines[0][:80]!r}")
     method, target, version = parts
+    if b"\t" in target:
+        raise HTTPError(400, "malformed request target (it contains a tab)")
     if version not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise HTTPError(505, f"HTTP version {version[:16]!r} is not supported")
     if not _TOKEN_BYTES.issuperset(method):

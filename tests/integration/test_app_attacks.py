@@ -543,7 +543,6 @@ def test_reserved_paths_on_a_forwarded_connection_are_not_forwarded(
 
 
 # ---------------------------------------------------------------------- findings
-@pytest.mark.xfail(strict=True, reason="APP-SEC-1: bare LF inside a header value is forwarded")
 @pytest.mark.parametrize("first", [True, False], ids=["first-request", "keep-alive"])
 def test_bare_lf_cannot_smuggle_headers_past_the_forwarder(
     cluster: Cluster, app_certs: dict[str, Any], stdlib_up: StdlibUpstream, first: bool

@@ -124,3 +124,34 @@ def test_rewrite_headers_fill_templates_and_drop_missing_traits() -> None:
         traits={"logins": ["a", "b"]},
     )
     assert out == [("Authorization", "Bearer J"), ("X-Login", "a,b")]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nX-Note: a\nX-Forwarded-For: 6.6.6.6\r\n\r\n",  # bare LF
+        b"GET / HTTP/1.1\r\nX-Note: a\rX-Forwarded-For: 6.6.6.6\r\n\r\n",  # bare CR
+        b"GET / HTTP/1.1\r\nX-Note: a\x00b\r\n\r\n",  # NUL
+        b"GET / HTTP/1.1\r\nX-Note: a\x0bb\r\n\r\n",  # vertical tab
+        b"GET / HTTP/1.1\r\nX-Note: a\x7fb\r\n\r\n",  # DEL
+        b"GET /a\nb HTTP/1.1\r\n\r\n",  # LF in the target
+        b"GET /a\x01b HTTP/1.1\r\n\r\n",  # control character in the target
+        b"GET /a\tb HTTP/1.1\r\n\r\n",  # tab in the target
+        b"GET / HTTP/1.1\nHost: a\r\n\r\n",  # request line ended by a bare LF
+    ],
+)
+def test_request_heads_with_control_characters_are_refused(head: bytes) -> None:
+    with pytest.raises(HTTPError) as exc:
+        parse_request_head(head)
+    assert exc.value.status == 400
+
+
+def test_control_character_errors_name_the_field() -> None:
+    with pytest.raises(HTTPError) as exc:
+        parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nX-Note: a\nX-Evil: 1\r\n\r\n")
+    assert "0x0a in 'X-Note'" in exc.value.message
+
+
+def test_tabs_and_obs_text_in_field_values_are_kept() -> None:
+    head = parse_request_head(b"GET / HTTP/1.1\r\nX-A: a\tb\r\nX-B: caf\xc3\xa9\r\n\r\n")
+    assert head.get(b"x-a") == b"a\tb" and head.get(b"x-b") == b"caf\xc3\xa9"
