@@ -177,7 +177,9 @@ def _content_length(head: Head) -> int | None:
 
 
 def _is_chunked(head: Head) -> bool:
-    codings = [c.strip().lower() for v in head.get_all(b"transfer-encoding") for c in v.split(b",")]
+    codings = [
+        c.strip(b" \t").lower() for v in head.get_all(b"transfer-encoding") for c in v.split(b",")
+    ]
     codings = [c for c in codings if c]
     if not codings:
         return False
@@ -214,8 +216,20 @@ def response_framing(head: Head, request_method: str) -> tuple[int, int]:
     return UNTIL_CLOSE, 0
 
 
+#: A chunk-size line (without its CRLF): 1-16 hex digits, then optional extensions.
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\x00-\x08\x0a-\x1f\x7f]*)?\Z")
+#: A trailer field line: a token name, a colon, a value without control characters.
+_TRAILER_FIELD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*\Z")
+
+
 class ChunkedScanner:
-    """Finds where a chunked body ends, across any split of its bytes, without copying data."""
+    """Finds where a chunked body ends, across any split of its bytes, without copying data.
+
+    Strict, so that no server behind the forwarder can frame the body differently:
+    sizes are 1-16 hex digits (no sign, ``0x``, ``_`` or whitespace before the
+    extensions), and every size line, chunk's data and trailer line ends with
+    exactly CRLF; anything else is an :class:`HTTPError` (400).
+    """
 
     _SIZE, _DATA, _CRLF, _TRAILER, _DONE = range(5)
 
@@ -240,10 +254,13 @@ class ChunkedScanner:
                 self.remaining -= take
                 if not self.remaining:
                     self.state, self.remaining = self._CRLF, 2
-            elif st == self._CRLF:
-                take = min(self.remaining, n - pos)
-                pos += take
-                self.remaining -= take
+            elif st == self._CRLF:  # exactly CRLF after the chunk data, however split
+                want = b"\r\n"[2 - self.remaining :]
+                got = bytes(data[pos : pos + len(want)])
+                if not want.startswith(got):
+                    raise HTTPError(400, "chunk data is not followed by CRLF")
+                pos += len(got)
+                self.remaining -= len(got)
                 if not self.remaining:
                     self.state = self._SIZE
             elif st == self._DONE:
@@ -257,16 +274,16 @@ class ChunkedScanner:
                     return -1
                 self._line += data[pos : pos + nl]
                 pos += nl + 1
-                line = bytes(self._line).rstrip(b"\r")
+                line = bytes(self._line)
                 self._line.clear()
+                if not line.endswith(b"\r"):
+                    raise HTTPError(400, "a chunk line must end with CRLF, not a bare LF")
+                line = line[:-1]
                 if st == self._SIZE:
-                    size_text = line.split(b";", 1)[0].strip()
-                    try:
-                        size = int(size_text, 16)
-                    except ValueError:
-                        raise HTTPError(400, f"malformed chunk size {size_text[:20]!r}") from None
-                    if size_text.startswith((b"-", b"+", b"0x", b"0X")):
-                        raise HTTPError(400, f"malformed chunk size {size_text[:20]!r}")
+                    m = _CHUNK_SIZE.match(line)
+                    if m is None:
+                        raise HTTPError(400, f"malformed chunk size line {line[:40]!r}")
+                    size = int(m.group(1), 16)
                     if size:
                         self.state, self.remaining = self._DATA, size
                     else:
@@ -274,6 +291,8 @@ class ChunkedScanner:
                 elif not line:  # the empty line after the trailer fields
                     self.state = self._DONE
                     return pos
+                elif _TRAILER_FIELD.match(line) is None:
+                    raise HTTPError(400, f"malformed trailer field {line[:40]!r}")
         return pos if self.state == self._DONE else -1
 
 

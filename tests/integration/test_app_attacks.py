@@ -586,7 +586,6 @@ def test_a_rewrite_header_the_user_has_no_trait_for_is_not_forgeable(
     assert ("x-remote-groups", "admins") not in seen, seen
 
 
-@pytest.mark.xfail(strict=True, reason="APP-SEC-3: lenient chunked parsing (smuggling)")
 @pytest.mark.parametrize(
     "body",
     [

@@ -155,3 +155,46 @@ def test_control_character_errors_name_the_field() -> None:
 def test_tabs_and_obs_text_in_field_values_are_kept() -> None:
     head = parse_request_head(b"GET / HTTP/1.1\r\nX-A: a\tb\r\nX-B: caf\xc3\xa9\r\n\r\n")
     assert head.get(b"x-a") == b"a\tb" and head.get(b"x-b") == b"caf\xc3\xa9"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"1_0\r\n0123456789abcdef\r\n0\r\n\r\n",  # '_' (int(.., 16) accepts it)
+        b" 5\r\nhello\r\n0\r\n\r\n",  # whitespace before the size
+        b"5\x0b\r\nhello\r\n0\r\n\r\n",  # vertical tab after the size
+        b"+5\r\nhello\r\n0\r\n\r\n",
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+        b"\r\nhello\r\n0\r\n\r\n",  # empty size
+        b"11111111111111111\r\n",  # more than 16 digits
+        b"5\r\nhelloXX0\r\n\r\n",  # no CRLF after the data
+        b"5\r\nhello\n0\r\n\r\n",  # LF only after the data
+        b"5\nhello\r\n0\r\n\r\n",  # size line ended by a bare LF
+        b"5\r\nhello\r\n0\r\n\n",  # last line ended by a bare LF
+        b"5\r\nhello\r\n0\r\nX: a\nY: b\r\n\r\n",  # bare LF in the trailer
+        b"5\r\nhello\r\n0\r\nnot a field\r\n\r\n",
+        b"5;a\x00b\r\nhello\r\n0\r\n\r\n",  # NUL in an extension
+    ],
+)
+def test_chunked_scanner_refuses_lenient_framing(body: bytes) -> None:
+    with pytest.raises(HTTPError) as exc:
+        ChunkedScanner().feed(body)
+    assert exc.value.status == 400
+    # byte by byte too: the CRLF after data may be split
+    sc = ChunkedScanner()
+    with pytest.raises(HTTPError):
+        for i in range(len(body)):
+            sc.feed(body[i : i + 1])
+
+
+def test_chunked_scanner_accepts_extensions_and_trailers() -> None:
+    body = b"A ; name=value\r\n0123456789\r\nf;x\r\n0123456789abcde\r\n0\r\nX-T: 1\r\n\r\n"
+    assert ChunkedScanner().feed(body + b"GET") == len(body)
+
+
+def test_a_transfer_coding_with_a_control_character_is_not_chunked() -> None:
+    with pytest.raises(HTTPError):
+        parse_request_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\x0b\r\n\r\n")
+    resp = parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\x0b\r\n\r\n")
+    with pytest.raises(HTTPError):
+        response_framing(resp, "GET")
