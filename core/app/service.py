@@ -480,7 +480,10 @@ class AppService:
             ("X-Forwarded-Server", self.hostname or self.host_id),
             ("Teleport-Jwt-Assertion", jwt),
         ]
-        strip = STRIPPED_REQUEST_HEADERS | {n.encode("latin-1") for n in names}
+        # every configured rewrite header, rendered or not: one left out because the
+        # user lacks its trait must not keep the client's own value (APP-SEC-2)
+        configured = {n.lower().encode("latin-1", "replace") for n, _ in app.headers}
+        strip = STRIPPED_REQUEST_HEADERS | configured
         return AppSession(
             upstream,
             suffix=request_suffix(added + rewrites),

@@ -567,7 +567,6 @@ def test_bare_lf_cannot_smuggle_headers_past_the_forwarder(
         assert resps[-1][0] == 400
 
 
-@pytest.mark.xfail(strict=True, reason="APP-SEC-2: a rewrite header left out keeps the client's")
 def test_a_rewrite_header_the_user_has_no_trait_for_is_not_forgeable(
     cluster: Cluster, app_certs: dict[str, Any], stdlib_up: StdlibUpstream
 ) -> None:
