@@ -40,17 +40,61 @@ def default_public_addr(auth: AuthServer, name: str, public_addr: str = "") -> s
     return f"{name}.{host}" if host else name
 
 
+def addr_host(addr: str) -> str:
+    """The lower-case host part of ``host[:port]`` (brackets of IPv6 literals removed)."""
+    addr = addr.strip().lower()
+    if addr.startswith("["):
+        return addr[1:].split("]", 1)[0]
+    return (addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr).rstrip(".")
+
+
+def public_addr_conflict(name: str, addr: str, proxy_host: str, claimed: dict[str, str]) -> str:
+    """Why app ``name`` may not use ``addr`` as its public address ("" when it may).
+
+    Refused: the proxy's own host, ``<other app>.<proxy host>`` (those names belong to
+    the apps so called) and a host another app already claims (``claimed``: host → app).
+    """
+    host = addr_host(addr)
+    proxy_host = proxy_host.lower()
+    if not host:
+        return ""
+    if proxy_host and host == proxy_host:
+        return f"{host} is the proxy's own address"
+    label = host[: -len(proxy_host) - 1] if proxy_host and host.endswith("." + proxy_host) else ""
+    if label and "." not in label and label != name.lower():
+        return f'{host} is the address of the app "{label}"'
+    owner = claimed.get(host)
+    if owner and owner != name:
+        return f'{host} is already the public address of the app "{owner}"'
+    return ""
+
+
 async def heartbeat_apps(
     auth: AuthServer, *, host_id: str, hostname: str, apps: list[dict[str, Any]], ttl: float
-) -> None:
-    """Record the apps an agent serves as ``app_server`` resources that expire with the TTL."""
+) -> list[str]:
+    """Record the apps an agent serves as ``app_server`` resources that expire with the TTL.
+
+    A ``public_addr`` that would take over another app's host (or the proxy's own) is
+    replaced by the default ``<name>.<proxy host>``; returns why, one line per app.
+    """
     expires = auth.clock() + timedelta(seconds=max(5.0, min(ttl, 3600.0)))
+    proxy_host = proxy_public_host(auth)
+    claimed: dict[str, str] = {}
+    for srv in await app_servers(auth):
+        claimed.setdefault(addr_host(srv.spec.app.spec.public_addr), srv.spec.app.metadata.name)
+    refused: list[str] = []
     for app in apps:
         meta = app.get("metadata") or {}
         spec = dict(app.get("spec") or {})
-        spec["public_addr"] = default_public_addr(
-            auth, str(meta.get("name", "")), str(spec.get("public_addr") or "")
-        )
+        name = str(meta.get("name", ""))
+        wanted = str(spec.get("public_addr") or "")
+        why = public_addr_conflict(name, wanted, proxy_host, claimed) if wanted else ""
+        if why:
+            refused.append(f"app {name}: public_addr {wanted} refused: {why}")
+            log.warning("app: %s (agent %s); using the default address", refused[-1], host_id)
+            wanted = ""
+        spec["public_addr"] = default_public_addr(auth, name, wanted)
+        claimed.setdefault(addr_host(spec["public_addr"]), name)
         res = parse_resource(
             {
                 "kind": "app_server",
@@ -69,6 +113,7 @@ async def heartbeat_apps(
             }
         )
         await auth.store.put(res, host_id=host_id)
+    return refused
 
 
 def _version() -> str:

@@ -34,14 +34,14 @@ async def app_heartbeat(ctx: ApiContext, params: dict[str, Any]) -> dict[str, An
     apps = params.get("apps")
     if not isinstance(apps, list) or not all(isinstance(a, dict) for a in apps):
         raise BadParameter("apps must be a list of app resources")
-    await appauth.heartbeat_apps(
+    refused = await appauth.heartbeat_apps(
         ctx.auth,
         host_id=ctx.identity.username,
         hostname=str(params.get("hostname") or ""),
         apps=apps,
         ttl=float(params.get("ttl") or 90),
     )
-    return {}
+    return {"refused": refused}
 
 
 @rpc("app.session_start")

@@ -196,6 +196,7 @@ class AppService:
         self._tasks: list[asyncio.Task[None]] = []
         self._events: list[dict[str, Any]] = []
         self._events_ready = asyncio.Event()
+        self._refused: list[str] = []  # public_addr values the auth service refused
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -249,12 +250,17 @@ class AppService:
     # ------------------------------------------------------------------ heartbeats
     async def _heartbeat_once(self) -> None:
         await self.refresh_dynamic()
-        await self.auth.call(
+        answer = await self.auth.call(
             "app.heartbeat",
             hostname=self.hostname,
             apps=[a.resource() for a in self.apps.values()],
             ttl=HEARTBEAT_TTL,
         )
+        refused = sorted((answer or {}).get("refused") or []) if isinstance(answer, dict) else []
+        if refused != self._refused:
+            for line in refused:
+                log.warning("app: %s", line)
+            self._refused = refused
 
     async def _heartbeat_loop(self) -> None:
         delay = 1.0

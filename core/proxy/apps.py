@@ -114,15 +114,20 @@ class AppFrontend:
         host = server_name.lower().rstrip(".")
         if not host:
             return ""
-        name = self.public_addrs.get(host)
-        if name:
-            return name
+        # <name>.<public host> always names the app <name>: no public_addr can take it
         suffix = "." + self.public_host
         if self.public_host and host.endswith(suffix):
             label = host[: -len(suffix)]
             if label and "." not in label:
                 return label
-        return ""
+        return self.public_addrs.get(host, "")
+
+    def _subdomain_or_self(self, host: str) -> bool:
+        """``host`` is the proxy's public host or a ``<label>.<public host>`` app name."""
+        ph = self.public_host
+        return bool(ph) and (
+            host == ph or (host.endswith("." + ph) and "." not in host[: -len(ph) - 1])
+        )
 
     def is_app_host(self, server_name: str) -> bool:
         """Whether connections with this SNI are for an app (not the web API)."""
@@ -132,16 +137,22 @@ class AppFrontend:
         """Live ``app_server`` heartbeats (cached for a second)."""
         now = time.monotonic()
         if now - self._catalogue_at > CATALOGUE_TTL:
-            from jumpgate.core.app.auth import app_servers
+            from jumpgate.core.app.auth import addr_host, app_servers
 
             self._catalogue = await app_servers(self.auth)
             self._catalogue_at = now
             addrs: dict[str, str] = {}
+            ambiguous: set[str] = set()
             for srv in self._catalogue:
-                pub = (srv.spec.app.spec.public_addr or "").lower()
-                host = pub.rsplit(":", 1)[0] if pub.count(":") == 1 else pub
-                if host and host != f"{srv.spec.app.metadata.name}.{self.public_host}":
-                    addrs[host] = srv.spec.app.metadata.name
+                name = srv.spec.app.metadata.name
+                host = addr_host(srv.spec.app.spec.public_addr or "")
+                if not host or self._subdomain_or_self(host):
+                    continue  # routed by name; never the proxy's own host
+                if addrs.setdefault(host, name) != name:
+                    ambiguous.add(host)  # two apps claim it: route it to neither
+            for host in ambiguous:
+                log.warning("apps: several apps claim the public address %s; not routed", host)
+                addrs.pop(host, None)
             self.public_addrs = addrs
         return self._catalogue
 

@@ -621,7 +621,6 @@ def test_an_unknown_app_name_in_sni_does_not_mint_a_certificate(cluster: Cluster
     assert minted == [], minted
 
 
-@pytest.mark.xfail(strict=True, reason="APP-SEC-5: an app's public_addr can take another's host")
 def test_an_app_public_addr_cannot_take_over_another_apps_host(
     cluster: Cluster, app_certs: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -198,3 +198,20 @@ def test_a_transfer_coding_with_a_control_character_is_not_chunked() -> None:
     resp = parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\x0b\r\n\r\n")
     with pytest.raises(HTTPError):
         response_framing(resp, "GET")
+
+
+def test_public_addr_conflicts() -> None:
+    from jumpgate.core.app.auth import addr_host, public_addr_conflict
+
+    claimed = {"grafana.example.org": "grafana"}
+    assert addr_host("[::1]:443") == "::1" and addr_host("A.Example.COM.:3080") == "a.example.com"
+    assert "proxy's own" in public_addr_conflict(
+        "a", "proxy.example.com:443", "proxy.example.com", {}
+    )
+    assert '"victim"' in public_addr_conflict(
+        "a", "victim.proxy.example.com", "proxy.example.com", {}
+    )
+    assert public_addr_conflict("a", "a.proxy.example.com", "proxy.example.com", {}) == ""
+    assert '"grafana"' in public_addr_conflict("a", "grafana.example.org", "p.example", claimed)
+    assert public_addr_conflict("grafana", "grafana.example.org", "p.example", claimed) == ""
+    assert public_addr_conflict("a", "a.example.org:8443", "p.example", claimed) == ""
