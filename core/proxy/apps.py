@@ -99,6 +99,8 @@ class AppFrontend:
         self.user_ca_subjects = user_ca_subjects
         #: app public address (host, lower case) → app name, for custom public_addr values
         self.public_addrs: dict[str, str] = {}
+        #: names of the apps in the catalogue (only these get a minted certificate)
+        self.app_names: set[str] = set()
         self._catalogue: list[Any] = []
         self._catalogue_at = 0.0
         self._refresh_task: asyncio.Task[None] | None = None
@@ -129,6 +131,11 @@ class AppFrontend:
             host == ph or (host.endswith("." + ph) and "." not in host[: -len(ph) - 1])
         )
 
+    def serves(self, *, name: str) -> bool:
+        """Whether host ``name`` addresses an app of the live catalogue (not just any label)."""
+        app = self.app_name_for(name)
+        return bool(app) and app in self.app_names
+
     def is_app_host(self, server_name: str) -> bool:
         """Whether connections with this SNI are for an app (not the web API)."""
         return bool(self.app_name_for(server_name))
@@ -154,6 +161,7 @@ class AppFrontend:
                 log.warning("apps: several apps claim the public address %s; not routed", host)
                 addrs.pop(host, None)
             self.public_addrs = addrs
+            self.app_names = {srv.spec.app.metadata.name for srv in self._catalogue}
         return self._catalogue
 
     def start(self) -> None:

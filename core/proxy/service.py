@@ -7,6 +7,8 @@ import ipaddress
 import logging
 import socket
 import ssl
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,11 @@ X509_V_FLAG_NO_CHECK_TIME = 0x200000
 
 #: ALPN prefix of the auth API pass-through (``teleport-auth@<cluster>``).
 AUTH_ALPN_PREFIX = "teleport-auth@"
+#: Contexts with a minted certificate kept (least recently used ones are dropped).
+MAX_MINTED = 256
+#: At most this many certificates are minted per MINT_WINDOW seconds (then the default one).
+MINT_BURST = 30
+MINT_WINDOW = 60.0
 
 
 def proxy_dns_names(public_host: str, nodename: str) -> list[str]:
@@ -75,6 +82,9 @@ class ProxyService:
         #: signs a certificate for one extra name (in-process auth); see _needs_own_cert
         self.mint = mint
         self._contexts: dict[tuple[str, str, bool], ssl.SSLContext] = {}
+        #: contexts with a minted certificate, least recently used first (APP-SEC-4)
+        self._minted: OrderedDict[tuple[str, str, bool], ssl.SSLContext] = OrderedDict()
+        self._mint_times: deque[float] = deque()
         #: protocols whose TLS handshake must carry a client certificate
         self.require_client_cert: set[str] = set()
         #: protocols whose handlers check certificate expiry themselves after the handshake,
@@ -136,8 +146,22 @@ class ProxyService:
         own = self._needs_own_cert(server_name) or (
             app_host and self.mint is not None and not self._covered_by_wildcard(server_name)
         )
-        name = server_name if own else ""
+        # mint only for apps in the live catalogue: any other name (an unauthenticated
+        # client's random SNI) gets the default certificate, and costs nothing (APP-SEC-4)
+        name = (
+            server_name
+            if own and self.apps is not None and self.apps.serves(name=server_name)
+            else ""
+        )
         key = (protocol, name, app_host)
+        if name:
+            ctx = self._minted.get(key)
+            if ctx is not None:
+                self._minted.move_to_end(key)
+                return ctx
+            if not self._may_mint():
+                log.warning("proxy: certificate minting rate exceeded; default one for %s", name)
+                name, key = "", (protocol, "", app_host)
         ctx = self._contexts.get(key)
         if ctx is not None:
             return ctx
@@ -146,7 +170,11 @@ class ProxyService:
         if name:
             assert self.mint is not None
             cert_file, key_file = self.mint(name)
-            ctx.load_cert_chain(str(cert_file), str(key_file))
+            try:
+                ctx.load_cert_chain(str(cert_file), str(key_file))
+            finally:  # loaded: no key files left behind in the data directory
+                cert_file.unlink(missing_ok=True)
+                key_file.unlink(missing_ok=True)
         else:
             ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
         ctx.load_verify_locations(cadata=self.client_ca_pem.decode())
@@ -157,10 +185,26 @@ class ProxyService:
         if protocol in self.check_expiry_after_handshake or app_host:
             # apps answer an expired certificate with a redirect or a 401 naming the expiry
             ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
+        if name:
+            self._minted[key] = ctx
+            while len(self._minted) > MAX_MINTED:
+                self._minted.popitem(last=False)
+            return ctx
         if len(self._contexts) > 1024:
             self._contexts.clear()
         self._contexts[key] = ctx
         return ctx
+
+    def _may_mint(self) -> bool:
+        """A token for one more minted certificate (MINT_BURST per MINT_WINDOW)."""
+        now = time.monotonic()
+        times = self._mint_times
+        while times and now - times[0] > MINT_WINDOW:
+            times.popleft()
+        if len(times) >= MINT_BURST:
+            return False
+        times.append(now)
+        return True
 
     async def start(self) -> list[tuple[str, int]]:
         """Start listening; returns the bound addresses."""

@@ -610,7 +610,6 @@ def test_malformed_chunked_bodies_are_refused_not_forwarded(
         assert answer.startswith(b"HTTP/1.1 400"), answer
 
 
-@pytest.mark.xfail(strict=True, reason="APP-SEC-4: any SNI label mints a proxy certificate")
 def test_an_unknown_app_name_in_sni_does_not_mint_a_certificate(cluster: Cluster) -> None:
     """Unauthenticated: every new ``<random>.localhost`` SNI costs a key, a host CA
     signature and two files in the data directory, forever."""
