@@ -124,6 +124,16 @@ class AppFrontend:
                 return label
         return self.public_addrs.get(host, "")
 
+    def public_origin_host(self, server_name: str) -> str:
+        """``host:port`` of the app's public origin: the SNI (an app host, by routing) and
+        the proxy's port. Never the client's ``Host`` header, which it chooses freely."""
+        host, addr = server_name.lower().rstrip("."), self.public_addr
+        if addr.startswith("["):
+            port = addr.rsplit("]:", 1)[1] if "]:" in addr else ""
+        else:
+            port = addr.rsplit(":", 1)[1] if addr.count(":") == 1 else ""
+        return f"{host}:{port}" if port else host
+
     def _subdomain_or_self(self, host: str) -> bool:
         """``host`` is the proxy's public host or a ``<label>.<public host>`` app name."""
         ph = self.public_host
@@ -209,8 +219,7 @@ class AppFrontend:
     async def _serve_inner(self, hs: Handshake, server_name: str) -> None:
         head = await asyncio.wait_for(hs.read_until_packet(_head_parser), FIRST_REQUEST_TIMEOUT)
         assert hs.transport is not None
-        host_header = (head.get(b"host") or b"").decode("latin-1")
-        app = self.app_name_for(server_name) or self.app_name_for(host_header.rsplit(":", 1)[0])
+        app = self.app_name_for(server_name)  # by SNI only, as routing is
         client_addr = _peer_addr(hs.transport)
         path = head.target.split("?", 1)[0]
         if app and path in (AUTH_PATH, LOGOUT_PATH):
@@ -227,9 +236,7 @@ class AppFrontend:
                 browser_sid = identity.route_to_app.session_id if identity.route_to_app else ""
         except _Unauthenticated as exc:
             self._audit_refusal(app, client_addr, str(exc), None)
-            self._unauthenticated(
-                hs, head, server_name, host_header, str(exc), clear=bool(_app_cookie(head))
-            )
+            self._unauthenticated(hs, head, server_name, str(exc), clear=bool(_app_cookie(head)))
             return
         servers = [s for s in await self.catalogue() if s.spec.app.metadata.name == app]
         if not servers:
@@ -241,9 +248,7 @@ class AppFrontend:
                 hint="tsh apps ls shows the applications that are online",
             )
             return
-        public = host_header or server_name
-        if ":" not in public and self.public_addr.count(":") == 1:
-            public = f"{public}:{self.public_addr.rsplit(':', 1)[1]}"
+        public = self.public_origin_host(server_name)
         route = identity.route_to_app
         header = {
             "type": "session",
@@ -353,12 +358,11 @@ class AppFrontend:
         hs: Handshake,
         head: Head,
         server_name: str,
-        host_header: str,
         reason: str,
         *,
         clear: bool = False,
     ) -> None:
-        host = host_header or server_name
+        host = self.public_origin_host(server_name)
         hint = (
             "use the certificate from 'tsh apps login' or a tbot application output "
             "(curl --cert tlscert --key key)"

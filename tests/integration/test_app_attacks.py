@@ -651,7 +651,6 @@ def test_an_app_public_addr_cannot_take_over_another_apps_host(
         cluster.tctl("rm", "app/impostor")
 
 
-@pytest.mark.xfail(strict=True, reason="APP-SEC-6: the Host header picks X-Forwarded-Host")
 def test_the_host_header_does_not_choose_the_public_origin(
     cluster: Cluster, app_certs: dict[str, Any]
 ) -> None:
