@@ -97,3 +97,43 @@ def test_databases_list_and_certificate_countdown_in_tmux(
     while tmux.alive() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not tmux.alive(), tmux.capture()
+
+
+def test_connect_suspends_the_dashboard_for_psql_and_comes_back(
+    db_cluster: Cluster, postgres: object, alice_home: Path, pg_service: Path, tmux: Tmux
+) -> None:
+    """Enter on a database: the options dialog, then `tsh db connect` runs psql in the same
+    terminal (the dashboard suspended); quitting psql brings the dashboard back."""
+    if not shutil.which("psql"):
+        pytest.skip("needs psql (scripts/install-system-deps.sh installs it)")
+    env = cli_env()
+    env.update(TELEPORT_HOME=str(alice_home), PGSERVICEFILE=str(pg_service), TERM="xterm-256color")
+    command = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + JUMPGATE
+    tmux.run("new-session", "-d", "-s", "jg", "-x", str(WIDTH), "-y", str(HEIGHT), command)
+    tmux.wait_for(r"^.*\bpg\b.*postgres.*Example PostgreSQL")
+    # `tsh db login` earlier: the dialog offers its user and name; Enter connects
+    tsh = str(Path(sys.executable).parent / "tsh")
+    subprocess.run(
+        [tsh, "db", "login", "--db-user=alice", "--db-name=example", "pg"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    tmux.run("send-keys", "-t", "jg", "Enter")
+    tmux.wait_for(r"Connect to pg \(tsh db connect\)")
+    tmux.wait_for(r"Database user\s+\S+\s+alice")
+    tmux.run("send-keys", "-t", "jg", "Enter")
+    tmux.wait_for(r"example=>", timeout=45)  # psql's prompt: the dashboard is suspended
+    marker = f"tmux{uuid.uuid4().hex[:6]}"
+    # \g runs the query (tmux would read a trailing ";" as its own command separator)
+    tmux.run("send-keys", "-t", "jg", "-l", f"select '{marker}' || current_user \\g")
+    tmux.run("send-keys", "-t", "jg", "Enter")
+    tmux.wait_for(rf"{marker}alice")
+    tmux.run("send-keys", "-t", "jg", "\\q", "Enter")
+    tmux.wait_for(r"^.*\bpg\b.*postgres.*Example PostgreSQL")
+    tmux.run("send-keys", "-t", "jg", "q")
+    deadline = time.monotonic() + 15
+    while tmux.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not tmux.alive(), tmux.capture()

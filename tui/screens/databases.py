@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from typing import Any
 
@@ -300,17 +301,31 @@ class DatabasesScreen(Screen[None]):
             try:
                 with self.app.suspend():
                     rc = subprocess.run(argv, check=False).returncode
+                    if rc:  # keep its error on screen until the user has read it
+                        print(
+                            f"\ntsh db connect exited with {rc}. "
+                            "Press Enter to return to the dashboard.",
+                            flush=True,
+                        )
+                        with contextlib.suppress(EOFError, OSError):
+                            input()
             except Exception as exc:  # SuspendNotSupported in a headless run
                 notify_error(self.app, exc)
                 return
             if rc:
                 self.notify(f"tsh db connect exited with {rc}", severity="warning")
 
+        # the route of an earlier `tsh db login`, else the one user/name the roles allow
+        route = None
+        if self.profile is not None:
+            from jumpgate.core.client.dbclient import db_route
+
+            route = db_route(self.profile, name)
         self.app.push_screen(
             DbOptionsScreen(
                 f"Connect to {name} (tsh db connect)",
-                db_user=_single(db.get("allowed_users")),
-                db_name=_single(db.get("allowed_names")),
+                db_user=route.username if route else _single(db.get("allowed_users")),
+                db_name=route.database if route else _single(db.get("allowed_names")),
             ),
             go,
         )

@@ -44,7 +44,11 @@ class DbOptionsScreen(ModalScreen[dict[str, Any] | None]):
     """Database user and name, and for a local proxy: port and tunnel mode."""
 
     CSS_PATH = Path(__file__).with_name("dialogs.tcss")
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+    BINDINGS = [
+        Binding("escape", "dismiss(None)", "Cancel"),
+        Binding("down", "app.focus_next", "Next field", show=False),
+        Binding("up", "app.focus_previous", "Previous field", show=False),
+    ]
 
     def __init__(
         self, title: str, *, db_user: str = "", db_name: str = "", proxy: bool = False
@@ -71,6 +75,10 @@ class DbOptionsScreen(ModalScreen[dict[str, Any] | None]):
             with Horizontal(classes="buttons"):
                 yield Button("Start" if self.proxy else "Connect", variant="primary", id="ok")
                 yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        """Typing goes to the first field at once."""
+        self.query_one("#db-user", Input).focus()
 
     def on_input_submitted(self) -> None:
         self._finish()
