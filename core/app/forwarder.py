@@ -166,8 +166,9 @@ class AppSession:
         self.connect_timeout = connect_timeout
         self.down = _Down(self)
         self.up: _Up | None = None
-        #: (method, target) of requests whose responses have not completed
-        self.pending: collections.deque[tuple[str, str]] = collections.deque()
+        #: (method, target, close) of requests whose responses have not completed;
+        #: close: the client asked to end the connection after this one (APP-SEC-8)
+        self.pending: collections.deque[tuple[str, str, bool]] = collections.deque()
         self._queue: list[bytes] = []  # request bytes waiting for the upstream connection
         self._connecting = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -281,14 +282,21 @@ class AppSession:
 
     def response_done(self, status: int, close_after: bool) -> None:
         """One response finished: account for it; close when the exchange ends the connection."""
-        method, target = self.pending.popleft() if self.pending else ("", "")
+        method, target, close = self.pending.popleft() if self.pending else ("", "", False)
         self.requests += 1
         if self.on_request is not None:
             self.on_request(method, target, status)
-        if self.down.state == _UPGRADING:  # the upgrade was refused: no more requests here
+        down = self.down
+        if close or (down.state == _UPGRADING and not self.pending):
+            close_after = True  # the client's Connection: close, or a refused upgrade
+        if down.final is not None and not self.pending:
+            # the answer to a bad (or reserved) request, after everything before it
+            t = down.transport
+            if t is not None and not t.is_closing():
+                t.write(down.final)
             close_after = True
-        if close_after or (self.down.at_eof and not self.pending):
-            self.down.close()
+        if close_after or (down.at_eof and not self.pending):
+            down.close()
 
     def rewrite_location(self, head: Head) -> bytes:
         """``head`` with absolute Locations to the app (or redirect hosts) made public."""
@@ -314,6 +322,14 @@ class AppSession:
             return None
         pub = urlsplit(self.public_origin)
         return urlunsplit((pub.scheme, pub.netloc, parts.path, parts.query, parts.fragment))
+
+
+def _error_response(status: int, message: str) -> bytes:
+    """A JSON error response that closes the connection."""
+    import json
+
+    body = json.dumps({"error": {"message": message}}).encode() + b"\n"
+    return simple_response(status, body, content_type="application/json")
 
 
 class _Side(asyncio.Protocol):
@@ -374,8 +390,13 @@ class _Side(asyncio.Protocol):
 class _Down(_Side):
     """The client side (the reverse tunnel): parses requests, writes responses."""
 
+    #: what to answer once the pending responses are done (then close), see finish_with
+    final: bytes | None = None
+    #: the last request had Connection: close; nothing after it is parsed
+    last_request = False
+
     def _held(self) -> bool:
-        return self.s._connecting or self.state == _UPGRADING
+        return self.s._connecting or self.state in (_UPGRADING, _CLOSED)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -394,13 +415,20 @@ class _Down(_Side):
         try:
             self._process(data)
         except HTTPError as exc:
-            self.send_error(exc.status, exc.message)
+            if self.state == _HEAD:  # a bad head: answer it after the earlier requests
+                self.finish_with(_error_response(exc.status, exc.message))
+            else:  # a bad body of a forwarded request: it cannot complete
+                self.send_error(exc.status, exc.message)
 
     def _process(self, data: bytes) -> None:
         s = self.s
         pos, n = 0, len(data)
         while pos < n and self.state != _CLOSED:
             if self.state == _HEAD:
+                if self.last_request:  # after Connection: close, nothing more is read
+                    self.state = _CLOSED
+                    self.update_reading()
+                    return
                 end = head_end(data, pos)
                 if end < 0:
                     if n - pos > MAX_HEAD:
@@ -413,9 +441,14 @@ class _Down(_Side):
                     self.reconnect(head.target)
                     return
                 kind, length = request_framing(head)
-                s.pending.append((head.method, head.target))
+                conn = head.tokens(b"connection")
+                close = b"close" in conn or (
+                    head.version == "HTTP/1.0" and b"keep-alive" not in conn
+                )
+                s.pending.append((head.method, head.target, close))
                 s.write_up(s.rewrite_request(head))
-                if b"upgrade" in head.tokens(b"connection") and head.get(b"upgrade"):
+                self.last_request = close
+                if b"upgrade" in conn and head.get(b"upgrade"):
                     # wait for the answer: 101 → raw relay; anything else ends the connection
                     self.state = _UPGRADING
                     self.buf = data[pos:]
@@ -442,30 +475,33 @@ class _Down(_Side):
     def reconnect(self, target: str) -> None:
         """Send the client to ``target`` again on a new connection (a reserved path arrived
         on a forwarded keep-alive connection: only a first request reaches the proxy's handler)."""
-        t = self.transport
+        location = target.replace("\r", "").replace("\n", "")
+        self.finish_with(simple_response(307, b"", headers=[("Location", location)]))
+
+    def finish_with(self, data: bytes) -> None:
+        """Parse no more requests; write ``data`` once the pending responses are done
+        (at once when none is), then close (APP-SEC-7)."""
         self.state = _CLOSED
+        self.buf = b""
+        t = self.transport
         if t is None or t.is_closing():
             return
-        if not self.s.pending:
-            t.write(
-                simple_response(
-                    307, b"", headers=[("Location", target.replace("\r", "").replace("\n", ""))]
-                )
-            )
-        t.close()
+        self.update_reading()
+        if self.s.pending:
+            self.final = data
+        else:
+            t.write(data)
+            t.close()
 
     def send_error(self, status: int, message: str) -> None:
         """Answer the client with a JSON error (when no response is under way) and close."""
-        import json
-
         t = self.transport
         self.state = _CLOSED
         if t is None or t.is_closing():
             return
         up = self.s.up
         if up is None or not up.started:
-            body = json.dumps({"error": {"message": message}}).encode() + b"\n"
-            t.write(simple_response(status, body, content_type="application/json"))
+            t.write(_error_response(status, message))
         t.close()
 
     def eof_received(self) -> bool:

@@ -666,7 +666,6 @@ def test_the_host_header_does_not_choose_the_public_origin(
     assert resps[0][1]["location"].startswith(f"https://atkaio.localhost:{cluster.web_port}/")
 
 
-@pytest.mark.xfail(strict=True, reason="APP-SEC-7: a later request's 400 replaces earlier answers")
 def test_a_bad_pipelined_request_does_not_replace_the_answer_to_a_good_one(
     cluster: Cluster, app_certs: dict[str, Any], stdlib_up: StdlibUpstream
 ) -> None:
@@ -680,7 +679,6 @@ def test_a_bad_pipelined_request_does_not_replace_the_answer_to_a_good_one(
     assert [r[0] for r in resps] == [200, 200, 400], resps
 
 
-@pytest.mark.xfail(strict=True, reason="APP-SEC-7: pipelined upgrade/reserved path drop answers")
 @pytest.mark.parametrize(
     ("second", "statuses"),
     [
@@ -698,7 +696,6 @@ def test_pipelined_requests_before_an_upgrade_or_reserved_path_get_their_answers
     assert [r[0] for r in resps] == statuses, resps
 
 
-@pytest.mark.xfail(strict=True, reason="APP-SEC-8: a client's Connection: close is not honoured")
 def test_connection_close_from_the_client_ends_the_connection(
     cluster: Cluster, app_certs: dict[str, Any]
 ) -> None:
