@@ -61,6 +61,13 @@ async def join_host(
         reason = (
             f"the join token does not allow role {wanted} (it allows {', '.join(tok.spec.roles)})"
         )
+    hint = "create a new token with: tctl tokens add --type=" + wanted.lower()
+    if not reason:
+        reason = await _host_id_in_use(auth, host_id)
+        hint = (
+            "another agent runs under this host id; give this one its own data_dir (a new "
+            "host id), or, if it is the same agent starting again, wait for the time shown"
+        )
     if reason:
         auth.audit.emit(
             "instance.join",
@@ -71,9 +78,7 @@ async def join_host(
             addr=client_addr,
             error=reason,
         )
-        raise AccessDenied(
-            reason, hint="create a new token with: tctl tokens add --type=" + wanted.lower()
-        )
+        raise AccessDenied(reason, hint=hint)
     issued = auth.generate_host_cert(
         public_key=public_key,
         host_id=host_id,
@@ -95,6 +100,22 @@ async def join_host(
         "user_ca": issued.user_ca_pem.decode(),
         "cluster_name": auth.cluster_name,
     }
+
+
+async def _host_id_in_use(auth: AuthServer, host_id: str) -> str:
+    """Why ``host_id`` may not join now ("" when it may): a running agent still heartbeats
+    under it. A token holder must not take over another agent's sessions and records by
+    joining under its id; an agent that lost its data directory picks a new id anyway,
+    and one that re-joins under its own id can once its last heartbeat has expired."""
+    for prefix in ("/db_servers/", "/app_servers/"):
+        for item in await auth.backend.get_range(prefix, prefix + "\uffff"):
+            if item.key.rsplit("/", 1)[-1] == host_id:
+                until = item.expires.isoformat() if item.expires else "its next sweep"
+                return (
+                    f"host id {host_id!r} is in use by a running agent (its heartbeat is "
+                    f"valid until {until})"
+                )
+    return ""
 
 
 async def heartbeat_databases(
