@@ -148,6 +148,11 @@ def request_suffix(headers: list[tuple[str, str]]) -> bytes:
 class AppSession:
     """Forwards the HTTP traffic of one client connection (the tunnel) to the application."""
 
+    #: A keep-alive connection with no request for this long is closed (seconds).
+    IDLE_TIMEOUT = 120.0
+    #: A request head still incomplete this long after its first byte gets 408 (seconds).
+    HEAD_TIMEOUT = 30.0
+
     def __init__(
         self,
         upstream: Upstream,
@@ -176,6 +181,11 @@ class AppSession:
         self.bytes_up = 0
         self.bytes_down = 0
         self.close_reason = ""
+        loop = asyncio.get_running_loop()
+        #: last client activity and when the head being buffered started (loop time)
+        self.last_activity = loop.time()
+        self.head_started = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ set-up
     def start(self, transport: asyncio.BaseTransport, initial: bytes = b"") -> None:
@@ -185,6 +195,33 @@ class AppSession:
         if initial:
             self.down.data_received(initial)
         self.down.update_reading()
+        self._arm_watchdog()
+
+    # ------------------------------------------------------------------ timeouts
+    def _arm_watchdog(self) -> None:
+        if self.done.done():
+            return
+        period = max(0.05, min(self.IDLE_TIMEOUT, self.HEAD_TIMEOUT) / 4)
+        self._watchdog = asyncio.get_running_loop().call_later(period, self._check_timeouts)
+
+    def _check_timeouts(self) -> None:
+        """Slow or idle clients: a head that never completes gets 408, an idle keep-alive
+        connection is closed. A response in progress, an upgrade or a websocket is left
+        alone (the application sets their pace)."""
+        down = self.down
+        if self.done.done() or down.lost:
+            return
+        now = asyncio.get_running_loop().time()
+        if down.state == _HEAD and not self.pending:
+            if down.buf and now - self.head_started > self.HEAD_TIMEOUT:
+                self.close_reason = self.close_reason or "the request head timed out"
+                down.send_error(408, "the request head was not completed in time")
+                return
+            if not down.buf and now - self.last_activity > self.IDLE_TIMEOUT:
+                self.close_reason = self.close_reason or "idle"
+                down.close()
+                return
+        self._arm_watchdog()
 
     async def wait(self) -> None:
         """Until both connections are closed."""
@@ -192,6 +229,8 @@ class AppSession:
 
     def close(self, reason: str = "") -> None:
         """End the session (locks, expiry, shutdown): close both connections."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if reason and not self.close_reason:
             self.close_reason = reason
         self.down.close()
@@ -284,6 +323,7 @@ class AppSession:
         """One response finished: account for it; close when the exchange ends the connection."""
         method, target, close = self.pending.popleft() if self.pending else ("", "", False)
         self.requests += 1
+        self.last_activity = asyncio.get_running_loop().time()
         if self.on_request is not None:
             self.on_request(method, target, status)
         down = self.down
@@ -406,6 +446,9 @@ class _Down(_Side):
         if self.state == _RAW:
             s.write_up(data)
             return
+        s.last_activity = now = asyncio.get_running_loop().time()
+        if not self.buf:
+            s.head_started = now
         if self.state == _UPGRADING:
             self.buf += data
             self.update_reading()
