@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
@@ -244,3 +245,38 @@ def test_login_dialog_logs_in_with_the_tsh_login_steps(
     prof = DashboardState(Options(home=str(home))).profile()
     assert prof is not None and prof.user == "dora"
     assert oct(os.stat(prof.key_path).st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    ("proxy", "first"), [("proxy.example.com:443", "password"), (None, "proxy")]
+)
+def test_login_offer_focuses_one_field_from_its_first_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy: str | None, first: str
+) -> None:
+    """The field that takes the first keys is decided once: the password when the proxy is
+    known, else the proxy. It has the focus as soon as the dialog has any, and keeps it
+    while the screen behind the dialog finishes its (failed) load."""
+    monkeypatch.setenv("TELEPORT_CONFIG_FILE", str(tmp_path / "no-teleport.yaml"))
+    app = JumpgateApp(
+        DashboardState(Options(home=str(tmp_path / "tsh"), user="alice", proxy=proxy))
+    )
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            # the first moment the dialog has a focus at all (a tight poll, not login_offer's)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while not (isinstance(app.screen, LoginScreen) and app.focused is not None):
+                assert loop.time() < deadline, "no login offer with a focus"
+                await asyncio.sleep(0)
+            login = app.screen
+            assert app.focused is login.query_one(f"#{first}")
+            await login_offer(pilot)
+            count = app.screen_stack[0].query_one("#count")
+            await until(pilot, lambda: "Loading" not in str(count.render()), "the failed load")
+            await until(pilot, lambda: login.query_one("#password").region.area > 0, "layout")
+            assert app.focused is login.query_one(f"#{first}")
+            where = f" to {proxy}" if proxy else ""
+            assert str(count.render()) == f"not logged in{where}"
+
+    run_async(scenario)

@@ -62,9 +62,15 @@ def test_whole_path_ends_with_a_successful_test_connection(
                 db_users="alice",
                 bot_name="wizbot",
             )
-            await pilot.pause()
-            preview = str(screen.query_one("#preview1").render())
-            assert "name: wizard-role" in preview and "db_names: [example]" in preview
+            preview1 = screen.query_one("#preview1")
+            await until(
+                pilot,
+                lambda: (
+                    "name: wizard-role" in str(preview1.render())
+                    and "db_names: [example]" in str(preview1.render())
+                ),
+                "the role preview",
+            )
             await _next_and_confirm(pilot, app, screen, 1)
             assert screen.applied is not None and screen.applied.bot_created
             assert screen.query_one("#token", Input).value == screen.applied.token
@@ -91,8 +97,8 @@ def test_whole_path_ends_with_a_successful_test_connection(
             # step 3: the seed's unit file, and the proxy started now in tunnel mode
             await _fill(screen, port=str(port), unit_path=str(unit))
             await pilot.click("#tunnel")
-            await pilot.pause()
-            assert "--tunnel pg" in str(screen.query_one("#preview3").render())
+            preview3 = screen.query_one("#preview3")
+            await until(pilot, lambda: "--tunnel pg" in str(preview3.render()), "the tunnel unit")
             no_blink(app)
             doc_shot(app, "wizard-3")
             await _next_and_confirm(pilot, app, screen, 3)

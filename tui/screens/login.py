@@ -24,6 +24,11 @@ class LoginScreen(ModalScreen[bool]):
 
     CSS_PATH = Path(__file__).with_name("dialogs.tcss")
     BINDINGS = [Binding("escape", "dismiss(False)", "Cancel")]
+    #: The field that takes the first keys, marked in :meth:`compose`. Textual focuses it
+    #: as soon as the form is composed, before the first frame, and nothing else moves it
+    #: (a ``focus()`` in ``on_mount`` would come later and race with Textual's own choice,
+    #: the first input, so keys and screenshots could land on either field)
+    AUTO_FOCUS = "Input.first-field"
 
     def __init__(self, state: DashboardState) -> None:
         super().__init__()
@@ -41,25 +46,32 @@ class LoginScreen(ModalScreen[bool]):
         prof = self.state.profile()
         proxy = self.state.options.proxy or (prof.web_proxy_addr if prof else "")
         user = self.state.options.user or (prof.user if prof else "") or getpass.getuser()
+        # decided once, here: the password when the proxy is known, else the proxy
+        first = "password" if proxy else "proxy"
         with Vertical(id="dialog"):
             yield Label("Log in (tsh login)", id="question")
             with Grid(classes="form"):
                 yield Label("Proxy")
-                yield Input(proxy, placeholder="proxy.example.com:443", id="proxy")
+                yield Input(
+                    proxy,
+                    placeholder="proxy.example.com:443",
+                    id="proxy",
+                    classes="first-field" if first == "proxy" else None,
+                )
                 yield Label("User")
                 yield Input(user, id="user")
                 yield Label("Password")
-                yield Input(password=True, id="password")
+                yield Input(
+                    password=True,
+                    id="password",
+                    classes="first-field" if first == "password" else None,
+                )
                 yield Label("OTP token")
                 yield Input(placeholder="only when the cluster asks for one", id="otp")
             yield Static("", id="detail", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button("Log in", variant="primary", id="ok")
                 yield Button("Cancel", id="cancel")
-
-    def on_mount(self) -> None:
-        target = "#password" if self.query_one("#proxy", Input).value else "#proxy"
-        self.query_one(target, Input).focus()
 
     @on(Button.Pressed, "#cancel")
     def _cancel(self) -> None:
