@@ -60,6 +60,10 @@ _FAIL_WAIT = 2.0
 _SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
 
 
+#: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH.
+_HOSTNAME_MISMATCH = 62
+
+
 def pg_error_response(message: str, *, code: str = "08006") -> bytes:
     """A FATAL PostgreSQL ``ErrorResponse`` (SQLSTATE 08006, connection failure by default)."""
     return error_response(message, code=code)
@@ -340,6 +344,14 @@ class LocalProxy:
                 timeout=self.connect_timeout,
             )
         except ssl.SSLCertVerificationError as exc:
+            if exc.verify_code == _HOSTNAME_MISMATCH and self.sni != self.proxy_host:
+                # the proxy presents certificates only for applications it serves
+                app = self.sni.split(".")[0]
+                raise _Refused(
+                    f"the Jumpgate proxy at {where} serves no application {app!r} (its "
+                    f"certificate does not cover {self.sni}); check the name with "
+                    "tsh apps ls (or tctl apps ls) and that its Application Service is running"
+                ) from None
             raise _Refused(
                 f"the Jumpgate proxy at {where} is not trusted: {exc.verify_message}; "
                 "log in again with tsh login"
