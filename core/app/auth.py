@@ -13,13 +13,12 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from cryptography import x509
-
 from jumpgate.core.app.jwt import app_claims, sign_es256
+from jumpgate.core.auth.hosts import verified_user_identity
 from jumpgate.core.auth.server import AuthServer
 from jumpgate.core.errors import AccessDenied, JumpgateError
 from jumpgate.core.resources import AppServer, parse_resource
-from jumpgate.core.tlsca import CAType, Identity, identity_from_certificate, verify_certificate
+from jumpgate.core.tlsca import CAType, Identity
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +179,7 @@ async def start_app_session(
     }
     identity: Identity | None = None
     try:
-        cert = x509.load_pem_x509_certificate(identity_cert)
-        verify_certificate(
-            cert, auth.cas[CAType.USER].trusted_certs, now=auth.clock(), purpose="client"
-        )
-        identity = identity_from_certificate(cert)
+        identity = verified_user_identity(auth, identity_cert)
         base["user"] = identity.username
         base["roles"] = list(identity.groups)
         if identity.bot_name:

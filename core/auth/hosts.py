@@ -185,6 +185,16 @@ async def list_databases(auth: AuthServer, identity: Identity) -> list[dict[str,
     return sorted(seen.values(), key=lambda d: d["name"])
 
 
+def verified_user_identity(auth: AuthServer, cert_pem: bytes) -> Identity:
+    """The identity in a user certificate an agent forwards for a session: signed by the
+    cluster's user CA and valid now (the agents' session decisions share this check)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    verify_certificate(
+        cert, auth.cas[CAType.USER].trusted_certs, now=auth.clock(), purpose="client"
+    )
+    return identity_from_certificate(cert)
+
+
 async def start_db_session(
     auth: AuthServer,
     *,
@@ -208,11 +218,7 @@ async def start_db_session(
     }
     identity: Identity | None = None
     try:
-        cert = x509.load_pem_x509_certificate(identity_cert)
-        verify_certificate(
-            cert, auth.cas[CAType.USER].trusted_certs, now=auth.clock(), purpose="client"
-        )
-        identity = identity_from_certificate(cert)
+        identity = verified_user_identity(auth, identity_cert)
         base["user"] = identity.username
         base["roles"] = list(identity.groups)
         route = identity.route_to_database
