@@ -29,6 +29,7 @@ from cryptography import x509
 
 from jumpgate.core.tlsca import identity_from_certificate
 from tests.conftest import free_port
+from tests.e2e.machine_id import linux_users
 from tests.integration import test_tsh as _tsh
 from tests.integration.conftest import BIN, Cluster, cli_env, parse_status, run, running_cluster
 
@@ -491,29 +492,8 @@ def test_failed_renewals_keep_the_last_good_outputs(tmp_path: Path) -> None:
 def users() -> Iterator[dict[str, pwd.struct_passwd]]:
     if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("setfacl"):
         pytest.skip("needs root, useradd and setfacl")
-    made: dict[str, pwd.struct_passwd] = {}
-    try:
-        for role in ("bot", "app", "other"):
-            name = f"jg{role}{uuid.uuid4().hex[:6]}"
-            subprocess.run(
-                [
-                    "useradd",
-                    "--system",
-                    "--user-group",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    name,
-                ],
-                check=True,
-                capture_output=True,
-            )
-            made[role] = pwd.getpwnam(name)
+    with linux_users("bot", "app", "other") as made:
         yield made
-    finally:
-        for u in made.values():
-            subprocess.run(["userdel", u.pw_name], check=False, capture_output=True)
-            subprocess.run(["groupdel", u.pw_name], check=False, capture_output=True)
 
 
 @pytest.fixture
