@@ -19,7 +19,13 @@ from cryptography.x509.oid import NameOID
 
 from jumpgate.core.auth.server import AuthServer, system_role
 from jumpgate.core.errors import AccessDenied, BadParameter, NotFound
-from jumpgate.core.resources import DatabaseServer, Token, parse_resource, resource_to_dict
+from jumpgate.core.resources import (
+    AppServer,
+    DatabaseServer,
+    Token,
+    parse_resource,
+    resource_to_dict,
+)
 from jumpgate.core.tlsca import (
     CAType,
     Identity,
@@ -107,14 +113,18 @@ async def _host_id_in_use(auth: AuthServer, host_id: str) -> str:
     under it. A token holder must not take over another agent's sessions and records by
     joining under its id; an agent that lost its data directory picks a new id anyway,
     and one that re-joins under its own id can once its last heartbeat has expired."""
-    for prefix in ("/db_servers/", "/app_servers/"):
-        for item in await auth.backend.get_range(prefix, prefix + "\uffff"):
-            if item.key.rsplit("/", 1)[-1] == host_id:
-                until = item.expires.isoformat() if item.expires else "its next sweep"
-                return (
-                    f"host id {host_id!r} is in use by a running agent (its heartbeat is "
-                    f"valid until {until})"
-                )
+    servers: list[DatabaseServer | AppServer] = [
+        *await auth.store.list_as(DatabaseServer),
+        *await auth.store.list_as(AppServer),
+    ]
+    for res in servers:
+        if res.spec.host_id == host_id:
+            expires = res.metadata.expires
+            until = expires.isoformat() if expires else "its next sweep"
+            return (
+                f"host id {host_id!r} is in use by a running agent (its heartbeat is "
+                f"valid until {until})"
+            )
     return ""
 
 
