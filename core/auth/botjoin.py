@@ -246,74 +246,20 @@ async def join_bot(
             tok = await auth.store.get_as(Token, token) if token else None
         except NotFound:
             tok = None
+        retried = False
         if tok is None or tok.is_expired(auth.clock()):
-            retried = await _retry_join(auth, token, public_key, ttl)
-            if retried is None:
+            again = await _retry_join(auth, token, public_key, ttl)
+            if again is None:
                 raise _token_gone()
-            bot_name, out = retried
-            auth.audit.emit(
-                "bot.join",
-                success=True,
-                bot_name=bot_name,
-                user=bot_user_name(bot_name),
-                method="token",
-                addr=client_addr or None,
-                generation=1,
-                expires=out["expires"],
-                retry=True,
-            )
-            return out
-        if "Bot" not in tok.spec.roles or not tok.spec.bot_name:
-            raise AccessDenied(
-                f"the join token is not a bot token (it allows {', '.join(tok.spec.roles)})",
-                hint="create a bot and its token with: tctl bots add NAME --roles=...",
-            )
-        bot_name = tok.spec.bot_name
-        user_name = bot_user_name(bot_name)
-        item, data = await _read_user(auth, user_name)
-        already = AccessDenied(
-            f'user "{user_name}" has already been issued a renewable certificate and cannot be '
-            "issued another; consider deleting and recreating the bot",
-            hint=f"tctl bots rm {bot_name}, then tctl bots add {bot_name} --roles=... "
-            "and join with the new token",
-        )
-        if _generation(data["metadata"]["labels"], user_name) != 0:
-            raise already
-        auth.check_lock(Identity(username=user_name, groups=(user_name,), bot_name=bot_name))
-        await _consume_token(auth, token)
-        join_id = uuid.uuid4().hex
-        for _ in range(CAS_ATTEMPTS):
-            labels = data["metadata"]["labels"]
-            if _generation(labels, user_name) != 0:
-                raise already
-            labels[BOT_GENERATION_LABEL] = "1"
-            labels[BOT_PREV_CERT_LABEL] = ""
-            labels[_JOIN_ID_LABEL] = join_id
-            try:
-                await _swap_user(auth, item, data)
-                break
-            except CompareFailed:
-                item, data = await _read_user(auth, user_name)
+            (bot_name, out), retried = again, True
         else:
-            raise CompareFailed(
-                f'user "{user_name}" kept changing while the bot joined', hint="try again"
-            )
-        retry = {
-            "bot_name": bot_name,
-            "key_sha256": _key_fingerprint(public_key),
-            "join_id": join_id,
-        }
-        await auth.backend.put(
-            Item(
-                key=_retry_key(token),
-                value=json.dumps(retry).encode(),
-                expires=auth.clock() + JOIN_RETRY_WINDOW,
-            )
-        )
-        traits = _traits(data)
-        out = _issue_renewable(
-            auth, name=bot_name, traits=traits, generation=1, public_key=public_key, ttl=ttl
-        )
+            if "Bot" not in tok.spec.roles or not tok.spec.bot_name:
+                raise AccessDenied(
+                    f"the join token is not a bot token (it allows {', '.join(tok.spec.roles)})",
+                    hint="create a bot and its token with: tctl bots add NAME --roles=...",
+                )
+            bot_name = tok.spec.bot_name
+            out = await _first_join(auth, token, bot_name, public_key, ttl)
     except JumpgateError as exc:
         _refused(auth, "bot.join", exc, bot_name=bot_name, method="token", addr=client_addr)
         raise
@@ -326,8 +272,59 @@ async def join_bot(
         addr=client_addr or None,
         generation=1,
         expires=out["expires"],
+        retry=True if retried else None,
     )
     return out
+
+
+async def _first_join(
+    auth: AuthServer, token: str, bot_name: str, public_key: bytes, ttl: timedelta
+) -> dict[str, Any]:
+    """Spend ``token`` on generation 1 of ``bot_name`` and remember the join for a retry."""
+    user_name = bot_user_name(bot_name)
+    item, data = await _read_user(auth, user_name)
+    already = AccessDenied(
+        f'user "{user_name}" has already been issued a renewable certificate and cannot be '
+        "issued another; consider deleting and recreating the bot",
+        hint=f"tctl bots rm {bot_name}, then tctl bots add {bot_name} --roles=... "
+        "and join with the new token",
+    )
+    if _generation(data["metadata"]["labels"], user_name) != 0:
+        raise already
+    auth.check_lock(Identity(username=user_name, groups=(user_name,), bot_name=bot_name))
+    await _consume_token(auth, token)
+    join_id = uuid.uuid4().hex
+    for _ in range(CAS_ATTEMPTS):
+        labels = data["metadata"]["labels"]
+        if _generation(labels, user_name) != 0:
+            raise already
+        labels[BOT_GENERATION_LABEL] = "1"
+        labels[BOT_PREV_CERT_LABEL] = ""
+        labels[_JOIN_ID_LABEL] = join_id
+        try:
+            await _swap_user(auth, item, data)
+            break
+        except CompareFailed:
+            item, data = await _read_user(auth, user_name)
+    else:
+        raise CompareFailed(
+            f'user "{user_name}" kept changing while the bot joined', hint="try again"
+        )
+    retry = {
+        "bot_name": bot_name,
+        "key_sha256": _key_fingerprint(public_key),
+        "join_id": join_id,
+    }
+    await auth.backend.put(
+        Item(
+            key=_retry_key(token),
+            value=json.dumps(retry).encode(),
+            expires=auth.clock() + JOIN_RETRY_WINDOW,
+        )
+    )
+    return _issue_renewable(
+        auth, name=bot_name, traits=_traits(data), generation=1, public_key=public_key, ttl=ttl
+    )
 
 
 async def _retry_join(
