@@ -43,8 +43,12 @@ def test_lists_filters_and_details_from_the_cluster(db_cluster: Cluster, alice_h
             await until(pilot, lambda: bool(table.rows), "the database list")
             assert [r.key for r in table.rows] == ["pg"]
             assert table.rows[0].cells[:3] == ("pg", "postgres", "Example PostgreSQL")
-            details = str(screen.query_one("#details").render())
-            assert "tsh db connect pg" in details
+            details_widget = screen.query_one("#details")
+            # the details follow the cursor's Highlighted message, a frame after the rows
+            await until(
+                pilot, lambda: "tsh db connect pg" in str(details_widget.render()), "the details"
+            )
+            details = str(details_widget.render())
             assert f"local proxy → localhost:{db_cluster.web_port} → pg" in details
             bar = str(screen.query_one("#profile-bar").render())
             assert "alice@localhost" in bar and "session" in bar
