@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -20,6 +21,7 @@ JUMPGATE = str(Path(sys.executable).parent / "jumpgate")
 WIDTH, HEIGHT = 160, 50
 #: The profile's row of the certificates table: kind, name (the proxy host), the countdown
 PROFILE_ROW = r"^\W*tsh profile\s+localhost\s+(\d+h\d\dm\d\ds)\b"
+TMUX_ENV = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
 
 
 class Tmux:
@@ -31,11 +33,21 @@ class Tmux:
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["tmux", "-L", self.socket, *args],
+            # explicit: the C-level environment of this process can hold COLUMNS=80 LINES=24
+            # (set by a library's terminal set-up, not in os.environ); the tmux server would
+            # hand them to the pane and the app would draw 80 columns in a wider pane
+            env=TMUX_ENV,
             capture_output=True,
             text=True,
             timeout=15,
             check=check,
         )
+
+    def start(self, command: str) -> None:
+        """Run ``command`` in a new WIDTH x HEIGHT pane."""
+        self.run("new-session", "-d", "-s", "jg", "-x", str(WIDTH), "-y", str(HEIGHT), command)
+        size = self.run("display-message", "-p", "-t", "jg", "#{pane_width}x#{pane_height}")
+        assert size.stdout.strip() == f"{WIDTH}x{HEIGHT}", size.stdout
 
     def capture(self) -> str:
         return self.run("capture-pane", "-p", "-t", "jg", check=False).stdout
@@ -73,9 +85,7 @@ def test_databases_list_and_certificate_countdown_in_tmux(
     env.update(TELEPORT_HOME=str(alice_home), PGSERVICEFILE=str(pg_service), TERM="xterm-256color")
     command = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + JUMPGATE
     # the pane's size is set, not inherited: every column of both tables fits in one line
-    tmux.run("new-session", "-d", "-s", "jg", "-x", str(WIDTH), "-y", str(HEIGHT), command)
-    size = tmux.run("display-message", "-p", "-t", "jg", "#{pane_width}x#{pane_height}")
-    assert size.stdout.strip() == f"{WIDTH}x{HEIGHT}", size.stdout
+    tmux.start(command)
     tmux.wait_for(r"^.*\bpg\b.*postgres.*Example PostgreSQL")
     tmux.wait_for(r"\b1 databases\b")
     tmux.wait_for(r"alice@localhost:\d+ .*session \d+h\d\dm\d\ds")
@@ -109,7 +119,7 @@ def test_connect_suspends_the_dashboard_for_psql_and_comes_back(
     env = cli_env()
     env.update(TELEPORT_HOME=str(alice_home), PGSERVICEFILE=str(pg_service), TERM="xterm-256color")
     command = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + JUMPGATE
-    tmux.run("new-session", "-d", "-s", "jg", "-x", str(WIDTH), "-y", str(HEIGHT), command)
+    tmux.start(command)
     tmux.wait_for(r"^.*\bpg\b.*postgres.*Example PostgreSQL")
     # `tsh db login` earlier: the dialog offers its user and name; Enter connects
     tsh = str(Path(sys.executable).parent / "tsh")

@@ -131,8 +131,10 @@ class WizardScreen(Screen[None]):
         try:
             {1: self._next1, 2: self._next2, 3: self._next3, 4: self._next4}[self.step]()
         except JumpgateError as exc:
+            # a refusal of the form: said on the status line beside the buttons only; a
+            # toast would cover the Next button the user presses again after the fix
             self.set_status(error_text(exc).replace("\n", " — "), "red")
-            notify_error(self.app, exc, title=f"Step {self.step}")
+            self.app.bell()
 
     @on(Button.Pressed, "#back")
     def _back_pressed(self) -> None:
