@@ -21,7 +21,14 @@ JUMPGATE = str(Path(sys.executable).parent / "jumpgate")
 WIDTH, HEIGHT = 160, 50
 #: The profile's row of the certificates table: kind, name (the proxy host), the countdown
 PROFILE_ROW = r"^\W*tsh profile\s+localhost\s+(\d+h\d\dm\d\ds)\b"
-TMUX_ENV = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+SIZE_VARS = ("COLUMNS", "LINES")
+TMUX_ENV = {k: v for k, v in os.environ.items() if k not in SIZE_VARS}
+
+
+def pane_command(env: dict[str, str]) -> str:
+    """``jumpgate`` with ``env``, minus COLUMNS/LINES (the pane's size must be what it reads)."""
+    pairs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k not in SIZE_VARS)
+    return f"env -u COLUMNS -u LINES {pairs} {JUMPGATE}"
 
 
 class Tmux:
@@ -83,7 +90,7 @@ def test_databases_list_and_certificate_countdown_in_tmux(
 ) -> None:
     env = cli_env()
     env.update(TELEPORT_HOME=str(alice_home), PGSERVICEFILE=str(pg_service), TERM="xterm-256color")
-    command = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + JUMPGATE
+    command = pane_command(env)
     # the pane's size is set, not inherited: every column of both tables fits in one line
     tmux.start(command)
     tmux.wait_for(r"^.*\bpg\b.*postgres.*Example PostgreSQL")
@@ -118,7 +125,7 @@ def test_connect_suspends_the_dashboard_for_psql_and_comes_back(
         pytest.skip("needs psql (scripts/install-system-deps.sh installs it)")
     env = cli_env()
     env.update(TELEPORT_HOME=str(alice_home), PGSERVICEFILE=str(pg_service), TERM="xterm-256color")
-    command = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + JUMPGATE
+    command = pane_command(env)
     tmux.start(command)
     tmux.wait_for(r"^.*\bpg\b.*postgres.*Example PostgreSQL")
     # `tsh db login` earlier: the dialog offers its user and name; Enter connects
