@@ -40,6 +40,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO / "bench"))
+from cert_issuance import (  # noqa: E402
+    proc_cpu_seconds,
+    start_py_spy,
+    summarize_py_spy,
+    system_cpu_seconds,
+)
+
 PASSWORD = "a long enough passphrase"
 
 
@@ -86,11 +94,43 @@ def wrk(url: str, seconds: int) -> dict[str, float]:
     return {"rps": rps, "latency_ms": mean_ms, "p99_ms": p99_ms}
 
 
+def measured(
+    url: str, seconds: int, pids: dict[str, int], profile: Path | None = None
+) -> dict[str, float]:
+    """``wrk`` against ``url``; with the CPU milliseconds per request of each of ``pids``
+    (and of the rest of the machine: wrk and anything else) during the run."""
+    spies = []
+    if profile is not None:
+        for name in ("teleport", "tsh"):
+            spy = start_py_spy(pids[name], profile / f"{name}.txt", seconds)
+            if spy is not None:
+                spies.append(spy)
+    before = {n: proc_cpu_seconds(p) for n, p in pids.items()}
+    busy0, _ = system_cpu_seconds()
+    r = wrk(url, seconds)
+    busy1, _ = system_cpu_seconds()
+    for spy in spies:
+        spy.wait(timeout=seconds + 30)
+    n = max(r["rps"] * seconds, 1.0)
+    ours = 0.0
+    for name, pid in pids.items():
+        used = proc_cpu_seconds(pid) - before[name]
+        ours += used
+        r[f"cpu_ms_{name}"] = used * 1000 / n
+    r["cpu_ms_rest"] = max(busy1 - busy0 - ours, 0.0) * 1000 / n
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json-out", default=str(REPO / "bench/results/app_proxy.json"))
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample teleport and tsh proxy app with py-spy during the first proxy run",
+    )
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk (scripts/install-system-deps.sh)")
@@ -179,22 +219,43 @@ def main() -> None:
         direct_url = f"http://127.0.0.1:{app_port}/api/users"
         proxy_url = f"http://127.0.0.1:{proxy_port}/api/users"
         run("curl", "-fsS", proxy_url)  # warm and check the path works
+        pids = {"app": procs[0].pid, "teleport": procs[1].pid, "tsh": procs[2].pid}
         results: dict[str, list[dict[str, float]]] = {"direct": [], "proxy": []}
-        for _ in range(args.rounds):
-            results["direct"].append(wrk(direct_url, args.seconds))
-            results["proxy"].append(wrk(proxy_url, args.seconds))
+        for i in range(args.rounds):
+            results["direct"].append(measured(direct_url, args.seconds, pids))
+            prof = root if args.profile and i == 0 else None
+            results["proxy"].append(measured(proxy_url, args.seconds, pids, prof))
         summary = {}
+        cpu_keys = [f"cpu_ms_{n}" for n in (*pids, "rest")]
         for name, rs in results.items():
             summary[name] = {
                 "rps": sum(r["rps"] for r in rs) / len(rs),
                 "latency_ms": sum(r["latency_ms"] for r in rs) / len(rs),
                 "p99_ms": max(r["p99_ms"] for r in rs),
+                **{k: sum(r[k] for r in rs) / len(rs) for k in cpu_keys},
             }
         ratio = summary["proxy"]["rps"] / summary["direct"]["rps"]
-        print(f"{'path':<8} {'req/s':>10} {'mean ms':>9} {'p99 ms':>8}")
+        cols = "".join(f"{k[7:]:>10}" for k in cpu_keys)
+        print(f"{'path':<8} {'req/s':>10} {'mean ms':>9} {'p99 ms':>8}   CPU ms/request:{cols}")
         for name, s in summary.items():
-            print(f"{name:<8} {s['rps']:>10.0f} {s['latency_ms']:>9.2f} {s['p99_ms']:>8.2f}")
+            cpu = "".join(f"{s[k]:>10.3f}" for k in cpu_keys)
+            print(
+                f"{name:<8} {s['rps']:>10.0f} {s['latency_ms']:>9.2f} {s['p99_ms']:>8.2f}"
+                f"   {'':15}{cpu}"
+            )
         print(f"ratio proxy/direct: {ratio:.2f}x (goal >= 0.50x)")
+        if args.profile:
+            for name in ("teleport", "tsh"):
+                raw = root / f"{name}.txt"
+                if not raw.exists():
+                    continue
+                prof_sum = summarize_py_spy(raw)
+                print(f"\n{name} profile (py-spy): top self time")
+                for where, share in prof_sum["self"][:20]:
+                    print(f"  {share:6.1f}%  {where}")
+                print(f"{name}: top inclusive time")
+                for where, share in prof_sum["inclusive"][:25]:
+                    print(f"  {share:6.1f}%  {where}")
         line = {
             "bench": "app_proxy",
             "seconds": args.seconds,

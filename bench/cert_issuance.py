@@ -529,6 +529,7 @@ def start_py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]
             "--output",
             str(out),
             "--nonblocking",
+            *(["--gil"] if os.environ.get("PYSPY_GIL") else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -587,6 +587,9 @@ class _Up(_Side):
         self.started = False  # bytes of the current response went to the client
         self.close_after = False
         self.status = 0
+        #: response bytes of one read, sent to the client together (one TLS record, one
+        #: write) instead of a record for the head and another for the body
+        self._out: list[bytes | memoryview] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -599,6 +602,12 @@ class _Up(_Side):
             self.s.bytes_down += len(data)
             t.write(data)
 
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            self._write_down(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
     def data_received(self, data: bytes) -> None:
         if self.state == _RAW:
             self._write_down(data)
@@ -608,12 +617,16 @@ class _Up(_Side):
         try:
             self._process(data)
         except HTTPError as exc:
+            self._flush()
             log.info("app: bad response from the application: %s", exc.message)
             self.s.down.send_error(502, exc.message)
             self.close()
+            return
+        self._flush()
 
     def _process(self, data: bytes) -> None:
         s = self.s
+        emit = self._out.append  # flushed by data_received (and _finish)
         pos, n = 0, len(data)
         while pos < n:
             if self.state == _HEAD:
@@ -628,13 +641,13 @@ class _Up(_Side):
                 head = parse_response_head(data[pos:end])
                 pos = end
                 self.started = True
-                self._write_down(s.rewrite_location(head) if s.public_origin else head.raw)
+                emit(s.rewrite_location(head) if s.public_origin else head.raw)
                 if head.status == 101:
                     self.state = _RAW
                     s.pending.clear()
                     s.requests += 1
                     s.down.upgraded()
-                    self._write_down(memoryview(data)[pos:])
+                    emit(memoryview(data)[pos:])
                     return
                 if head.status < 200:
                     continue  # 100 Continue and friends: the final answer follows
@@ -653,14 +666,15 @@ class _Up(_Side):
                 elif kind == UNTIL_CLOSE:
                     self.state = _UNTIL_CLOSE
             elif self.state == _UNTIL_CLOSE:
-                self._write_down(data if pos == 0 else memoryview(data)[pos:])
+                emit(data if pos == 0 else memoryview(data)[pos:])
                 return
             else:
-                pos = self._body(data, pos, self._write_down)
+                pos = self._body(data, pos, emit)
                 if self.state == _HEAD:
                     self._finish()
 
     def _finish(self) -> None:
+        self._flush()  # the response's last bytes go before whatever ending it triggers
         self.state = _HEAD
         self.started = False
         close = self.close_after
