@@ -91,6 +91,7 @@ class Services:
     auth: AuthServer | None = None
     auth_runner: object | None = None
     auth_addr: tuple[str, int] | None = None
+    auth_workers: Any = None  # core.auth.worker.WorkerPool when auth_service.workers > 1
     proxy: ProxyService | None = None
     proxy_addrs: list[tuple[str, int]] = field(default_factory=list)
     db: Any = None
@@ -290,7 +291,12 @@ class TeleportProcess:
         try:
             # the project's lean HTTP/1.1 server (about a third of aiohttp's per-request cost)
             runner = await start_api_server(
-                api, host or None, port, ssl_context=ctx, shutdown_timeout=2.0
+                api,
+                host or None,
+                port,
+                ssl_context=ctx,
+                shutdown_timeout=2.0,
+                reuse_port=cfg.auth_service.worker_count() > 1,  # the workers bind it too
             )
         except OSError as exc:
             raise ConfigError(
@@ -301,6 +307,11 @@ class TeleportProcess:
         self.services.auth_runner = runner
         self.services.auth_addr = (_connect_host(host), int(bound[1]))
         log.info("auth: API listening on %s:%d (mutual TLS)", bound[0], bound[1])
+        workers = cfg.auth_service.worker_count()
+        if workers > 1:
+            await self._start_auth_workers(
+                auth, host or None, int(bound[1]), workers, cert_file, key_file, host_id
+            )
         # the local admin identity for tctl on this host
         admin_key = generate_private_key()
         admin = auth.generate_host_cert(
@@ -320,6 +331,46 @@ class TeleportProcess:
             f"{self.services.auth_addr[0]}:{self.services.auth_addr[1]}\n",
             mode=0o600,
         )
+
+    async def _start_auth_workers(
+        self,
+        auth: AuthServer,
+        host: str | None,
+        port: int,
+        count: int,
+        cert_file: Path,
+        key_file: Path,
+        host_id: str,
+    ) -> None:
+        """``count - 1`` more processes serving the auth API on ``host:port`` (SO_REUSEPORT)."""
+        from jumpgate.core.auth.worker import WorkerPool, WorkerSpec
+
+        cfg = self.config
+        auth.store.shared = True  # read-your-writes with the workers' commits
+        log_cfg = cfg.teleport.log
+        specs = [
+            WorkerSpec(
+                index=i,
+                backend_path=str(cfg.backend_path),
+                cluster_name=auth.cluster_name,
+                second_factor=auth.second_factor,
+                proxy_public_addr=auth.proxy_public_addr,
+                host_uuid=host_id,
+                cert_file=str(cert_file),
+                key_file=str(key_file),
+                alpn=["http/1.1", f"teleport-auth@{auth.cluster_name}"],
+                host=host,
+                port=port,
+                log_level=logging.getLevelName(logging.getLogger().level),
+                log_format=log_cfg.format.output,
+                log_output=log_cfg.output,
+            )
+            for i in range(1, count)
+        ]
+        pool = WorkerPool(specs)
+        await pool.start()
+        self.services.auth_workers = pool
+        log.info("auth: %d processes serve the auth API (auth_service.workers)", count)
 
     async def _start_proxy(self, auth: AuthServer, host_id: str) -> None:
         cfg = self.config
@@ -378,6 +429,9 @@ class TeleportProcess:
         if s.proxy is not None:
             log.info("shutdown: closing the proxy's web port")
             await s.proxy.close()
+        if s.auth_workers is not None:
+            log.info("shutdown: stopping the auth API workers")
+            await s.auth_workers.stop()
         if s.auth_runner is not None:
             log.info("shutdown: closing the auth API")
             if s.auth is not None:

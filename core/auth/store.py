@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from jumpgate.core.aio import cancel_and_wait, spawn
-from jumpgate.core.backend import Backend, EventType, Item, prefix_end
+from jumpgate.core.backend import Backend, Event, EventType, Item, Watcher, prefix_end
 from jumpgate.core.errors import AlreadyExists, BadParameter, NotFound
 from jumpgate.core.resources import Resource, canonical_kind, parse_resource, resource_to_dict
 
@@ -63,8 +63,12 @@ class ResourceStore:
         self._cache: dict[str, dict[str, Resource]] = {k: {} for k in CACHED_KINDS}
         self._watch_task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[str, str, Resource | None], None]] = []
+        self._watcher: Watcher | None = None
         #: bumped on every change of a cached kind; callers key their own caches on it
         self.generation = 0
+        #: several processes write this backend (auth workers): every cached read
+        #: first catches up with their commits (:meth:`sync`)
+        self.shared = False
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -91,34 +95,54 @@ class ResourceStore:
 
     async def _follow(self, ready: asyncio.Event) -> None:
         prefixes = [PREFIXES[k] for k in CACHED_KINDS]
-        kinds_by_prefix = {PREFIXES[k]: k for k in CACHED_KINDS}
         while True:
             try:
                 async with self.backend.watch(prefixes) as watcher:
                     await self._reload()
+                    self._watcher = watcher
                     ready.set()
                     async for ev in watcher:
-                        kind = next(
-                            (k for p, k in kinds_by_prefix.items() if ev.item.key.startswith(p)),
-                            None,
-                        )
-                        if kind is None:
-                            continue
-                        name = ev.item.key[len(PREFIXES[kind]) :]
-                        res: Resource | None = None
-                        if ev.type is EventType.PUT:
-                            res = self._decode(ev.item)
-                            self._cache[kind][name] = res
-                        else:
-                            self._cache[kind].pop(name, None)
-                        self.generation += 1
-                        for listener in list(self._listeners):
-                            listener(kind, name, res)
+                        self._apply(ev)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # watcher overflow or backend hiccup: re-sync
+                self._watcher = None
                 log.warning("resource cache lost its watch (%s); reloading", exc)
                 await asyncio.sleep(0.5)
+
+    def _apply(self, ev: Event) -> None:
+        kind = next((k for k in CACHED_KINDS if ev.item.key.startswith(PREFIXES[k])), None)
+        if kind is None:
+            return
+        name = ev.item.key[len(PREFIXES[kind]) :]
+        res: Resource | None = None
+        if ev.type is EventType.PUT:
+            res = self._decode(ev.item)
+            self._cache[kind][name] = res
+        else:
+            self._cache[kind].pop(name, None)
+        self.generation += 1
+        for listener in list(self._listeners):
+            listener(kind, name, res)
+
+    def sync(self) -> None:
+        """Apply, now, every change committed to the backend so far, by any process.
+
+        Without it, other processes' writes reach the cache on the backend's poll
+        (a fraction of a second later); with several auth processes on one backend,
+        :attr:`shared` makes every cached read call it first, so a role, user or lock
+        written through one process is what the next request to any other sees.
+        """
+        watcher = self._watcher
+        if watcher is None:
+            return
+        self.backend.catch_up()
+        try:
+            events = watcher.drain()
+        except Exception:  # the follow task re-syncs after a failed watch
+            return
+        for ev in events:
+            self._apply(ev)
 
     # ------------------------------------------------------------------ encoding
     def _decode(self, item: Item) -> Resource:
@@ -136,10 +160,14 @@ class ResourceStore:
     # ----------------------------------------------------------------- reading
     def cached(self, kind: str) -> dict[str, Resource]:
         """The live cache of a cached kind (do not mutate)."""
+        if self.shared:
+            self.sync()
         return self._cache[kind]
 
     def cached_as(self, cls: type[R]) -> dict[str, R]:
         """The live cache of a cached kind, typed (do not mutate)."""
+        if self.shared:
+            self.sync()
         return self._cache[cls.KIND]  # type: ignore[return-value]
 
     async def get_as(self, cls: type[R], name: str) -> R:
@@ -171,6 +199,8 @@ class ResourceStore:
             raise BadParameter(f"resources of kind {kind!r} are not stored by the auth service")
         now = self.clock()
         if kind in self._cache and self._watch_task is not None:
+            if self.shared:
+                self.sync()
             items = list(self._cache[kind].values())
         else:
             items = await self._scan(kind)
@@ -186,6 +216,8 @@ class ResourceStore:
                 raise NotFound(f'{kind} "{name}" not found')
             return found[0]
         if kind in self._cache and self._watch_task is not None:
+            if self.shared:
+                self.sync()
             res = self._cache[kind].get(name)
             if res is None or res.is_expired(self.clock()):
                 raise NotFound(f'{kind} "{name}" not found')

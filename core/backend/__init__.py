@@ -318,6 +318,15 @@ class Watcher:
                     if self._waiter is fut:
                         self._waiter = None
 
+    def drain(self) -> list[Event]:
+        """The events queued now, without waiting (raises like iteration when failed)."""
+        with self._lock:
+            if self._error is not None:
+                raise _copy_error(self._error)
+            out = list(self._buf)
+            self._buf.clear()
+        return out
+
     async def next(self, timeout: float | None = None) -> Event:
         """The next event, waiting at most ``timeout`` seconds (TimeoutError).
 
@@ -485,6 +494,17 @@ class Backend(abc.ABC):
     ) -> Watcher:
         """A watcher of changes to keys starting with any of ``prefixes``
         (all keys when empty). Only changes after this call are delivered."""
+
+    def catch_up(self) -> None:  # noqa: B027 - optional: a no-op unless overridden
+        """Deliver to the watchers, now, the changes other processes committed so far.
+
+        Writes made through this object reach its watchers before the write returns;
+        writes of other processes sharing the storage arrive on the backend's own
+        schedule (a poll). Several auth processes on one backend call this before a
+        read that must see every write acknowledged to anyone (read-your-writes across
+        processes). The default does nothing: a backend with one writer has nothing
+        to catch up on.
+        """
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -144,6 +144,30 @@ class AuthService(Strict):
     routing_strategy: Literal["unambiguous_match", "most_recent"] | None = None
     proxy_ping_interval: Duration | None = None
     case_insensitive_routing: YesNo | None = None
+    #: Jumpgate: processes serving the auth API (1 = the daemon alone; N > 1 adds
+    #: N - 1 worker processes on the same socket and backend)
+    workers: int | Literal["auto"] = 1
+
+    @field_validator("workers")
+    @classmethod
+    def _check_workers(cls, v: int | str) -> int | str:
+        from jumpgate.core.auth.worker import MAX_WORKERS
+
+        if v != "auto" and not (isinstance(v, int) and 1 <= v <= MAX_WORKERS):
+            raise Invalid(
+                f"auth_service.workers must be a number from 1 to {MAX_WORKERS} or auto, got {v!r}",
+                hint="1 (the default) serves the auth API from the daemon alone; "
+                "2 or more adds processes that share its port and backend",
+            )
+        return v
+
+    def worker_count(self) -> int:
+        """How many processes serve the auth API (``auto``: one per CPU, at most 8)."""
+        if self.workers == "auto":
+            import os
+
+            return max(1, min(os.cpu_count() or 1, 8))
+        return int(self.workers)
 
     @field_validator("session_recording")
     @classmethod
