@@ -125,7 +125,7 @@ async def serve(spec: WorkerSpec) -> None:
         reuse_port=True,
         shutdown_timeout=spec.shutdown_timeout,
     )
-    log.info("auth worker %d: serving the auth API (pid %d)", spec.index, os.getpid())
+    log.info("serving the auth API (pid %d)", os.getpid())
     ready_fd = os.environ.get(READY_ENV)
     if ready_fd:
         with contextlib.suppress(OSError):
@@ -142,7 +142,7 @@ async def serve(spec: WorkerSpec) -> None:
         await stop.wait()
     finally:
         await cancel_and_wait(watch)
-        log.info("auth worker %d: stopping", spec.index)
+        log.info("stopping")
         auth.wake_long_polls()
         await server.cleanup()
         await auth.close()

@@ -142,7 +142,10 @@ def test_a_killed_worker_is_replaced_and_the_api_keeps_serving(cluster: Cluster)
     assert again != worker
     for _ in range(8):
         assert call(cluster, "status")
-    assert f"worker 1 (pid {worker}) exited" in cluster.log()
+    log = cluster.log()
+    assert f"worker 1 (pid {worker}) exited" in log
+    # the worker's own lines say which worker wrote them
+    assert "[auth worker 1] serving the auth API" in log
 
 
 def test_shutdown_stops_the_workers(tmp_path: Path) -> None:
