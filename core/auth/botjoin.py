@@ -144,11 +144,17 @@ async def _swap_user(auth: AuthServer, item: Item, data: dict[str, Any]) -> None
     res = parse_resource(data)
     value = json.dumps(resource_to_dict(res, with_secrets=True)).encode()
     await auth.backend.compare_and_swap(item, Item(key=item.key, value=value, expires=item.expires))
-    # Keep this process's user cache coherent at once, as ResourceStore.put does (the
-    # backend watch delivers the same record moments later): code that reads the user
-    # from the cache and writes it back must not resurrect an older generation.
-    auth.store.cached("user")[res.metadata.name] = res
-    auth.store.generation += 1
+    # Keep this process's user cache coherent at once (the backend watch delivers the
+    # same record moments later): code that reads the user from the cache and writes it
+    # back must not resurrect an older generation. With other auth processes on the
+    # backend, catching up with the event log applies this write in its order (a later
+    # write by another process must not be overwritten in the cache by this one).
+    store = auth.store
+    if store.shared:
+        store.sync()
+    else:
+        store.cached("user")[res.metadata.name] = res
+        store.generation += 1
 
 
 def _issue_renewable(

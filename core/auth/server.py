@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import secrets
 import uuid
@@ -36,6 +38,7 @@ from jumpgate.core.resources import (
     User,
     parse_resource,
     preset_roles,
+    resource_to_dict,
 )
 from jumpgate.core.tlsca import (
     CAType,
@@ -144,17 +147,23 @@ class AuthServer:
         self.cas: dict[CAType, CertAuthority] = {}
         self._checkers: dict[tuple[Any, ...], AccessChecker] = {}
         self._checkers_gen = -1
-        #: bumped whenever the set of locks changes (agents long-poll it to cut sessions)
-        self.lock_generation = 0
-        self._lock_changed: asyncio.Event | None = None
+        self._lock_changed: asyncio.Event | None = None  # set when the locks change
+        self._closing = False  # wake_long_polls: long-polls return at once
 
     # ------------------------------------------------------------------ start-up
-    async def start(self) -> None:
-        """First start: record the cluster name, generate the CAs, create preset roles."""
+    async def start(self, *, load_only: bool = False) -> None:
+        """First start: record the cluster name, generate the CAs, create preset roles.
+
+        ``load_only`` (an auth worker, the daemon prepared the backend): load the CAs
+        and the cache only; never re-create a preset role an admin deleted since, nor
+        rewrite the auth preference.
+        """
         await self._ensure_cluster_name()
         self.store.on_change(self._on_change)
         await self.store.start()
         await self._ensure_cas()
+        if load_only:
+            return
         for role in preset_roles():
             if not await self.store.exists("role", role.metadata.name):
                 await self.store.put(role, create=False)
@@ -163,27 +172,48 @@ class AuthServer:
     def _on_change(self, kind: str, name: str, res: Resource | None) -> None:
         if kind != "lock":
             return
-        self.lock_generation += 1
+        self._wake()
+
+    def _wake(self) -> None:
         if self._lock_changed is not None:
             self._lock_changed.set()
             self._lock_changed = None
 
+    @property
+    def lock_generation(self) -> int:
+        """A fingerprint of the locks in force (the same in every auth process).
+
+        Agents long-poll ``locks.watch`` with the last one they saw; it is derived from
+        the lock set itself, not counted per process, so any process can compare it.
+        """
+        locks = self.store.cached_as(Lock)
+        h = hashlib.sha256()
+        for name in sorted(locks):
+            h.update(json.dumps(resource_to_dict(locks[name]), sort_keys=True).encode())
+            h.update(b"\0")
+        return int.from_bytes(h.digest()[:6], "big")
+
     async def wait_lock_change(self, generation: int, timeout: float) -> int:
-        """Return the lock generation once it differs from ``generation`` (or after ``timeout``)."""
-        if generation == self.lock_generation:
+        """Return the lock fingerprint once it differs from ``generation`` (or after ``timeout``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        current = self.lock_generation
+        while current == generation and not self._closing:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
             if self._lock_changed is None:
                 self._lock_changed = asyncio.Event()
             event = self._lock_changed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
-        return self.lock_generation
+                await asyncio.wait_for(event.wait(), left)
+            current = self.lock_generation
+        return current
 
     def wake_long_polls(self) -> None:
         """Let every waiting ``locks.watch`` call return now (shutdown)."""
-        self.lock_generation += 1
-        if self._lock_changed is not None:
-            self._lock_changed.set()
-            self._lock_changed = None
+        self._closing = True
+        self._wake()
 
     async def close(self) -> None:
         """Flush the audit log and stop background work (long-polls return at once)."""
@@ -292,6 +322,8 @@ class AuthServer:
         self, roles: Sequence[str], traits: Mapping[str, Sequence[str]]
     ) -> AccessChecker:
         """An access checker for a set of role names and traits (cached until roles change)."""
+        if self.store.shared:
+            self.store.sync()
         if self._checkers_gen != self.store.generation:
             self._checkers.clear()
             self._checkers_gen = self.store.generation
@@ -617,17 +649,25 @@ class AuthServer:
         traits: Mapping[str, Sequence[str]] | None = None,
         updater: str = "",
     ) -> Resource:
-        """Replace a user's roles and/or some of its traits."""
-        user = await self.store.get("user", name)
-        data = self._dict(user)
+        """Replace a user's roles and/or some of its traits.
+
+        A compare-and-swap on the stored record: a concurrent write (a bot's renewal
+        moving its generation label, through any auth process) is kept, not overwritten.
+        """
         if roles is not None:
             await self._check_roles_exist(roles)
-            data["spec"]["roles"] = list(roles)
-        if traits:
-            data["spec"].setdefault("traits", {}).update({k: list(v) for k, v in traits.items()})
-        res = parse_resource(data)
-        await self.store.put(res)
-        self.audit.emit("user.update", user=updater or None, name=name, roles=data["spec"]["roles"])
+
+        def change(data: dict[str, Any]) -> dict[str, Any]:
+            if roles is not None:
+                data["spec"]["roles"] = list(roles)
+            if traits:
+                data["spec"].setdefault("traits", {}).update(
+                    {k: list(v) for k, v in traits.items()}
+                )
+            return data
+
+        res = await self.store.mutate("user", name, change)
+        self.audit.emit("user.update", user=updater or None, name=name, roles=res.roles)  # type: ignore[attr-defined]
         return res
 
     async def delete_user(self, name: str, *, deleter: str = "") -> None:

@@ -92,6 +92,19 @@ class ResourceStore:
                 fresh[r.metadata.name] = r
             self._cache[kind] = fresh
         self.generation += 1
+        for kind in CACHED_KINDS:  # anything may have changed: listeners re-read
+            for listener in list(self._listeners):
+                listener(kind, "", None)
+
+    def _reload_now(self) -> None:
+        """:meth:`_reload` without the event loop (the backend's reads do not suspend)."""
+        coro = self._reload()
+        try:
+            coro.send(None)
+        except StopIteration:
+            return
+        coro.close()
+        raise RuntimeError("the backend suspended during a cache reload")
 
     async def _follow(self, ready: asyncio.Event) -> None:
         prefixes = [PREFIXES[k] for k in CACHED_KINDS]
@@ -133,16 +146,22 @@ class ResourceStore:
         :attr:`shared` makes every cached read call it first, so a role, user or lock
         written through one process is what the next request to any other sees.
         """
-        watcher = self._watcher
-        if watcher is None:
+        if self._watch_task is None:
             return
         self.backend.catch_up()
-        try:
-            events = watcher.drain()
-        except Exception:  # the follow task re-syncs after a failed watch
-            return
-        for ev in events:
-            self._apply(ev)
+        watcher = self._watcher
+        if watcher is not None and not watcher.closed:
+            try:
+                events = watcher.drain()
+            except Exception:  # noqa: S110 - failed watch: read everything below
+                pass
+            else:
+                for ev in events:
+                    self._apply(ev)
+                return
+        # the watch failed (overflow, a trimmed event log) and the follow task is setting
+        # up a new one: never answer from a cache that may be missing writes, read it all
+        self._reload_now()
 
     # ------------------------------------------------------------------ encoding
     def _decode(self, item: Item) -> Resource:

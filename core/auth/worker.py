@@ -27,7 +27,7 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from jumpgate.core.aio import cancel_and_wait, spawn
 
@@ -62,6 +62,8 @@ class WorkerSpec:
     log_format: str = "text"
     log_output: str = "stderr"
     shutdown_timeout: float = 2.0
+    #: the daemon's pid: the worker exits when it is no longer its parent
+    parent_pid: int = 0
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -89,7 +91,10 @@ async def serve(spec: WorkerSpec) -> None:
     from jumpgate.core.tlsca import CAType
 
     _die_with_parent()
-    parent = os.getppid()
+    parent = spec.parent_pid or os.getppid()
+    if os.getppid() != parent:  # the daemon died before PR_SET_PDEATHSIG was in place
+        log.error("the daemon (pid %d) is gone; not starting", parent)
+        return
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -105,7 +110,7 @@ async def serve(spec: WorkerSpec) -> None:
         host_uuid=spec.host_uuid,
     )
     auth.store.shared = True
-    await auth.start()
+    await auth.start(load_only=True)
     import jumpgate.core.app.rpc
     import jumpgate.core.auth.methods  # registers the API methods
     import jumpgate.core.auth.methods_bot
@@ -152,11 +157,13 @@ async def serve(spec: WorkerSpec) -> None:
 class WorkerPool:
     """The daemon's side: start the workers, restart one that dies, stop them all."""
 
-    #: seconds between restarts of a worker that keeps dying
+    #: seconds before restarting a worker that died (doubling while it keeps dying)
     RESTART_DELAY = (0.5, 30.0)
+    #: a worker that served this long before dying starts the doubling over
+    STABLE_AFTER = 60.0
 
     def __init__(self, specs: list[WorkerSpec], *, module: str = "jumpgate.cli.auth_worker"):
-        self.specs = specs
+        self.specs = [replace(s, parent_pid=os.getpid()) for s in specs]
         self.module = module
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.restarts = 0
@@ -164,14 +171,22 @@ class WorkerPool:
         self._stopping = False
 
     def _spawn(self, spec: WorkerSpec) -> tuple[subprocess.Popen[bytes], int]:
-        """Start one worker; returns it and the read end of its readiness pipe."""
+        """Start one worker; returns it and the read end of its readiness pipe.
+
+        In a session of its own: a terminal's Ctrl-C or a signal to the daemon's process
+        group reaches the daemon only, which stops the workers in its own order.
+        """
         r, w = os.pipe()
         env = dict(os.environ)
         env[SPEC_ENV] = spec.to_env()
         env[READY_ENV] = str(w)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", self.module], env=env, stdin=subprocess.DEVNULL, pass_fds=[w]
+                [sys.executable, "-m", self.module],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                pass_fds=[w],
+                start_new_session=True,
             )
         except BaseException:
             os.close(r)
@@ -187,10 +202,24 @@ class WorkerPool:
         import select
 
         try:
-            ready, _, _ = select.select([r], [], [], timeout)
-            return bool(ready) and os.read(r, 1) == b"1"
+            poller = select.poll()  # any fd number (select() stops at 1023)
+            poller.register(r, select.POLLIN)
+            if not poller.poll(int(timeout * 1000)):
+                return False
+            return os.read(r, 1) == b"1"
         finally:
             os.close(r)
+
+    async def _ready_or_kill(self, spec: WorkerSpec, proc: subprocess.Popen[bytes], r: int) -> bool:
+        if await asyncio.to_thread(self._wait_ready, r, READY_TIMEOUT):
+            return True
+        if proc.poll() is None:  # alive but never ready: it will not be
+            log.error(
+                "auth: worker %d (pid %d) did not start serving; killing it", spec.index, proc.pid
+            )
+            proc.kill()
+        await asyncio.to_thread(proc.wait)
+        return False
 
     async def start(self) -> None:
         """Start every worker and wait until each serves (ConfigError naming the failure)."""
@@ -201,16 +230,16 @@ class WorkerPool:
             proc, r = self._spawn(spec)
             self.procs[spec.index] = proc
             started.append((spec, proc, r))
-        for spec, proc, r in started:
-            if not await asyncio.to_thread(self._wait_ready, r, READY_TIMEOUT):
-                if proc.poll() is None:
-                    proc.kill()
-                await asyncio.to_thread(proc.wait)
-                await self.stop()
-                raise ConfigError(
-                    f"auth worker {spec.index} did not start (exit status {proc.returncode})",
-                    hint="its error is in the log above; auth_service.workers: 1 runs without workers",
-                )
+        ready = await asyncio.gather(*(self._ready_or_kill(s, p, r) for s, p, r in started))
+        failed = [(s, p) for (s, p, _), ok in zip(started, ready, strict=True) if not ok]
+        if failed:
+            await self.stop()
+            spec, proc = failed[0]
+            raise ConfigError(
+                f"auth worker {spec.index} did not start (exit status {proc.returncode})",
+                hint="its error is in the log above; auth_service.workers: 1 runs without workers",
+            )
+        for spec in self.specs:
             self._tasks.append(spawn(self._watch(spec), name=f"auth-worker-{spec.index}"))
 
     @property
@@ -219,12 +248,16 @@ class WorkerPool:
         return [self.procs[s.index].pid for s in self.specs if s.index in self.procs]
 
     async def _watch(self, spec: WorkerSpec) -> None:
+        loop = asyncio.get_running_loop()
         delay, cap = self.RESTART_DELAY
+        since = loop.time()
         while not self._stopping:
             proc = self.procs[spec.index]
             code = await asyncio.to_thread(proc.wait)
             if self._stopping:
                 return
+            if loop.time() - since >= self.STABLE_AFTER:
+                delay = self.RESTART_DELAY[0]
             log.error(
                 "auth: worker %d (pid %d) exited with %s; restarting in %.1fs",
                 spec.index,
@@ -238,27 +271,29 @@ class WorkerPool:
             proc, r = self._spawn(spec)
             self.procs[spec.index] = proc
             self.restarts += 1
-            if await asyncio.to_thread(self._wait_ready, r, READY_TIMEOUT):
+            since = loop.time()
+            if await self._ready_or_kill(spec, proc, r):
                 log.info("auth: worker %d serves again (pid %d)", spec.index, proc.pid)
-                delay = self.RESTART_DELAY[0]
-            else:
-                delay = min(delay * 2, cap)
+            delay = min(delay * 2, cap)
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM every worker, wait up to ``timeout`` seconds, then SIGKILL."""
+        """SIGTERM every worker, wait up to ``timeout`` seconds (together), then SIGKILL."""
         self._stopping = True
         procs = list(self.procs.values())
         for p in procs:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     p.send_signal(signal.SIGTERM)
-        for p in procs:
+
+        async def reap(p: subprocess.Popen[bytes]) -> None:
             try:
                 await asyncio.wait_for(asyncio.to_thread(p.wait), timeout)
             except TimeoutError:
                 log.warning("auth: worker pid %d did not stop in %.0fs; killing it", p.pid, timeout)
                 p.kill()
                 await asyncio.to_thread(p.wait)
+
+        await asyncio.gather(*(reap(p) for p in procs))
         for t in self._tasks:
             await cancel_and_wait(t)
         self._tasks.clear()

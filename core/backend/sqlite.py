@@ -443,8 +443,8 @@ class SQLiteBackend(Backend):
             with self._guard():
                 version = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != self._data_version:
-                    self._data_version = version
                     self._poll_locked()
+                    self._data_version = version  # only once delivered
 
     def _ensure_background(self) -> None:
         if not self._closed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,7 +92,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def client(cluster: Cluster) -> AuthClient:
     """A new connection as the local admin (the kernel picks the process that accepts it)."""
-    return AuthClient(cluster.auth_addr, read_identity_file(cluster.data_dir / "proc" / "admin.pem"))
+    return AuthClient(
+        cluster.auth_addr, read_identity_file(cluster.data_dir / "proc" / "admin.pem")
+    )
 
 
 def call(cluster: Cluster, method: str, **params: object) -> object:
@@ -132,6 +135,57 @@ def test_writes_through_one_process_bind_the_next_request_to_any(cluster: Cluste
         for _ in range(3):
             with pytest.raises(JumpgateError, match="lock"):
                 call(cluster, "certs.user", username=name, public_key=PUBLIC_KEY, ttl=600)
+
+
+def test_lock_long_polls_agree_across_processes(cluster: Cluster) -> None:
+    """``locks.watch`` fingerprints are the same in every process, and a poll waiting on
+    any process returns as soon as a lock is placed through another."""
+    gens = {call(cluster, "locks.watch", generation=-1, timeout=0)["generation"] for _ in range(8)}  # type: ignore[index]
+    assert len(gens) == 1, gens
+    (gen,) = gens
+    # nothing changed: a poll with the current fingerprint waits out its timeout
+    t0 = time.monotonic()
+    same = call(cluster, "locks.watch", generation=gen, timeout=0.5)
+    assert same["generation"] == gen and time.monotonic() - t0 >= 0.4  # type: ignore[index]
+    for i in range(4):
+        c = client(cluster)
+        try:
+            result: dict[str, object] = {}
+
+            def poll(
+                c: AuthClient = c, gen: object = gen, result: dict[str, object] = result
+            ) -> None:
+                result.update(c.call("locks.watch", generation=gen, timeout=20))
+
+            t = threading.Thread(target=poll)
+            t.start()
+            time.sleep(0.3)  # the poll is waiting
+            call(cluster, "locks.create", target={"user": f"poll{i}"}, message="stop")
+            t0 = time.monotonic()
+            t.join(timeout=15)
+            assert not t.is_alive(), "the long-poll missed the new lock"
+            assert time.monotonic() - t0 < 5
+        finally:
+            c.close()
+        assert result["generation"] != gen
+        assert any(
+            lk.get("spec", {}).get("target", {}).get("user") == f"poll{i}"  # type: ignore[union-attr]
+            for lk in result["locks"]  # type: ignore[attr-defined]
+        ), result
+        gen = result["generation"]
+
+
+def test_a_restarted_worker_does_not_bring_back_a_deleted_preset_role(cluster: Cluster) -> None:
+    cluster.tctl("rm", "role/auditor")
+    (worker,) = workers_of(cluster.pid)
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: workers_of(cluster.pid) not in ([], [worker]), "a new auth worker")
+    wait_until(
+        lambda: cluster.log().count("[auth worker 1] serving the auth API") >= 2, "it serves"
+    )
+    for _ in range(4):
+        with pytest.raises(JumpgateError, match="not found"):
+            call(cluster, "resources.get", kind="role", name="auditor")
 
 
 def test_a_killed_worker_is_replaced_and_the_api_keeps_serving(cluster: Cluster) -> None:
