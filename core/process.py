@@ -21,7 +21,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from jumpgate.core.auth.api import AuthAPI, server_ssl_context
 from jumpgate.core.auth.identityfile import IdentityFile
 from jumpgate.core.auth.server import AuthServer
 from jumpgate.core.backend.sqlite import SQLiteBackend
@@ -273,20 +272,10 @@ class TeleportProcess:
             dns_names=names,
         )
         cert_file, key_file = self._write_keypair("auth", issued.cert_pem, private_key_to_pem(key))
-        client_cas = auth.ca_pem(CAType.HOST) + auth.ca_pem(CAType.USER)
-        ctx = server_ssl_context(
-            cert_file=str(cert_file),
-            key_file=str(key_file),
-            client_ca_pem=client_cas,
-            alpn=["http/1.1", f"teleport-auth@{auth.cluster_name}"],
-        )
-        from jumpgate.core.auth.api import start_api_server
+        from jumpgate.core.auth.api import serving, start_api_server
 
-        api = AuthAPI(auth)
-        import jumpgate.core.app.rpc
-        import jumpgate.core.auth.methods  # registers the API methods
-        import jumpgate.core.auth.methods_bot
-        import jumpgate.core.auth.methods_db  # noqa: F401
+        api, ctx = serving(auth, cert_file=str(cert_file), key_file=str(key_file))
+        workers = cfg.auth_service.worker_count()
 
         try:
             # the project's lean HTTP/1.1 server (about a third of aiohttp's per-request cost)
@@ -296,7 +285,7 @@ class TeleportProcess:
                 port,
                 ssl_context=ctx,
                 shutdown_timeout=2.0,
-                reuse_port=cfg.auth_service.worker_count() > 1,  # the workers bind it too
+                reuse_port=workers > 1,  # the workers bind it too
             )
         except OSError as exc:
             raise ConfigError(
@@ -307,7 +296,6 @@ class TeleportProcess:
         self.services.auth_runner = runner
         self.services.auth_addr = (_connect_host(host), int(bound[1]))
         log.info("auth: API listening on %s:%d (mutual TLS)", bound[0], bound[1])
-        workers = cfg.auth_service.worker_count()
         if workers > 1:
             await self._start_auth_workers(
                 auth, host or None, int(bound[1]), workers, cert_file, key_file, host_id
@@ -358,7 +346,6 @@ class TeleportProcess:
                 host_uuid=host_id,
                 cert_file=str(cert_file),
                 key_file=str(key_file),
-                alpn=["http/1.1", f"teleport-auth@{auth.cluster_name}"],
                 host=host,
                 port=port,
                 log_level=logging.getLevelName(logging.getLogger().level),

@@ -834,3 +834,22 @@ def server_ssl_context(
     if alpn:
         ctx.set_alpn_protocols(alpn)
     return ctx
+
+
+def serving(auth: Any, *, cert_file: str, key_file: str) -> tuple[AuthAPI, ssl.SSLContext]:
+    """What serves ``auth`` on the auth port (the daemon's and each auth worker's): the
+    :class:`AuthAPI` with every RPC method registered, and its mutual-TLS context
+    (clients from the host and user CAs; ALPN ``http/1.1`` and ``teleport-auth@<cluster>``)."""
+    import jumpgate.core.app.rpc
+    import jumpgate.core.auth.methods  # registers the API methods
+    import jumpgate.core.auth.methods_bot
+    import jumpgate.core.auth.methods_db  # noqa: F401
+    from jumpgate.core.tlsca import CAType
+
+    ctx = server_ssl_context(
+        cert_file=cert_file,
+        key_file=key_file,
+        client_ca_pem=auth.ca_pem(CAType.HOST) + auth.ca_pem(CAType.USER),
+        alpn=["http/1.1", f"teleport-auth@{auth.cluster_name}"],
+    )
+    return AuthAPI(auth), ctx

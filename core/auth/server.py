@@ -322,8 +322,7 @@ class AuthServer:
         self, roles: Sequence[str], traits: Mapping[str, Sequence[str]]
     ) -> AccessChecker:
         """An access checker for a set of role names and traits (cached until roles change)."""
-        if self.store.shared:
-            self.store.sync()
+        self.store.sync()  # with auth workers: roles changed elsewhere count
         if self._checkers_gen != self.store.generation:
             self._checkers.clear()
             self._checkers_gen = self.store.generation

@@ -145,8 +145,10 @@ class ResourceStore:
         (a fraction of a second later); with several auth processes on one backend,
         :attr:`shared` makes every cached read call it first, so a role, user or lock
         written through one process is what the next request to any other sees.
+        Does nothing unless :attr:`shared` (one process: its own writes are applied
+        as they are made).
         """
-        if self._watch_task is None:
+        if not self.shared or self._watch_task is None:
             return
         self.backend.catch_up()
         watcher = self._watcher
@@ -179,14 +181,12 @@ class ResourceStore:
     # ----------------------------------------------------------------- reading
     def cached(self, kind: str) -> dict[str, Resource]:
         """The live cache of a cached kind (do not mutate)."""
-        if self.shared:
-            self.sync()
+        self.sync()
         return self._cache[kind]
 
     def cached_as(self, cls: type[R]) -> dict[str, R]:
         """The live cache of a cached kind, typed (do not mutate)."""
-        if self.shared:
-            self.sync()
+        self.sync()
         return self._cache[cls.KIND]  # type: ignore[return-value]
 
     async def get_as(self, cls: type[R], name: str) -> R:
@@ -218,8 +218,7 @@ class ResourceStore:
             raise BadParameter(f"resources of kind {kind!r} are not stored by the auth service")
         now = self.clock()
         if kind in self._cache and self._watch_task is not None:
-            if self.shared:
-                self.sync()
+            self.sync()
             items = list(self._cache[kind].values())
         else:
             items = await self._scan(kind)
@@ -235,8 +234,7 @@ class ResourceStore:
                 raise NotFound(f'{kind} "{name}" not found')
             return found[0]
         if kind in self._cache and self._watch_task is not None:
-            if self.shared:
-                self.sync()
+            self.sync()
             res = self._cache[kind].get(name)
             if res is None or res.is_expired(self.clock()):
                 raise NotFound(f'{kind} "{name}" not found')

@@ -55,7 +55,6 @@ class WorkerSpec:
     host_uuid: str
     cert_file: str
     key_file: str
-    alpn: list[str]
     host: str | None
     port: int
     log_level: str = "INFO"
@@ -85,10 +84,9 @@ def _die_with_parent() -> None:
 
 async def serve(spec: WorkerSpec) -> None:
     """A worker's life: load the cluster from the backend, serve, stop on SIGTERM/SIGINT."""
-    from jumpgate.core.auth.api import AuthAPI, server_ssl_context, start_api_server
+    from jumpgate.core.auth.api import serving, start_api_server
     from jumpgate.core.auth.server import AuthServer
     from jumpgate.core.backend.sqlite import SQLiteBackend
-    from jumpgate.core.tlsca import CAType
 
     _die_with_parent()
     parent = spec.parent_pid or os.getppid()
@@ -111,19 +109,9 @@ async def serve(spec: WorkerSpec) -> None:
     )
     auth.store.shared = True
     await auth.start(load_only=True)
-    import jumpgate.core.app.rpc
-    import jumpgate.core.auth.methods  # registers the API methods
-    import jumpgate.core.auth.methods_bot
-    import jumpgate.core.auth.methods_db  # noqa: F401
-
-    ctx = server_ssl_context(
-        cert_file=spec.cert_file,
-        key_file=spec.key_file,
-        client_ca_pem=auth.ca_pem(CAType.HOST) + auth.ca_pem(CAType.USER),
-        alpn=spec.alpn,
-    )
+    api, ctx = serving(auth, cert_file=spec.cert_file, key_file=spec.key_file)
     server = await start_api_server(
-        AuthAPI(auth),
+        api,
         spec.host,
         spec.port,
         ssl_context=ctx,

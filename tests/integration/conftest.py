@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,17 +331,24 @@ class Cluster:
         return self.proc is not None and self.proc.poll() is None
 
 
-def make_cluster(root: Path) -> Cluster:
-    """A configured (not started) cluster in ``root``."""
+def make_cluster(root: Path, edit: Callable[[dict[str, object]], None] | None = None) -> Cluster:
+    """A configured (not started) cluster in ``root``; ``edit`` changes its teleport.yaml."""
     c = Cluster(root=root)
     c.configure()
+    if edit is not None:
+        doc = c.read_config()
+        edit(doc)
+        c.write_config(doc)
     return c
 
 
 @contextlib.contextmanager
-def running_cluster(root: Path) -> Iterator[Cluster]:
-    """Configure and start a cluster; on exit stop it gracefully (asserting the shutdown)."""
-    c = make_cluster(root)
+def running_cluster(
+    root: Path, edit: Callable[[dict[str, object]], None] | None = None
+) -> Iterator[Cluster]:
+    """Configure (``edit``: see :func:`make_cluster`) and start a cluster; on exit stop it
+    gracefully (asserting the shutdown)."""
+    c = make_cluster(root, edit)
     c.start()
     try:
         yield c

@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from jumpgate.core.auth.client import AuthClient
 from jumpgate.core.auth.identityfile import read_identity_file
 from jumpgate.core.errors import JumpgateError
 from jumpgate.core.tlsca import generate_private_key, public_key_to_pem
-from tests.integration.conftest import Cluster, make_cluster
+from tests.integration.conftest import Cluster, make_cluster, running_cluster
 
 WORKER_MODULE = "jumpgate.cli.auth_worker"
 
@@ -73,21 +73,20 @@ def wait_until(check: object, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def workers(n: object) -> Callable[[dict[str, object]], None]:
+    """A teleport.yaml edit: ``auth_service.workers: n``."""
+
+    def edit(doc: dict[str, object]) -> None:
+        doc["auth_service"]["workers"] = n  # type: ignore[index]
+
+    return edit
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = make_cluster(tmp_path_factory.mktemp("workers"))
-    doc = c.read_config()
-    doc["auth_service"]["workers"] = 2  # type: ignore[index]
-    c.write_config(doc)
-    c.start()
-    try:
+    with running_cluster(tmp_path_factory.mktemp("workers"), workers(2)) as c:
         wait_until(lambda: len(workers_of(c.pid)) == 1, "the auth worker")
         yield c
-    except BaseException:
-        c.kill()
-        raise
-    if c.running:
-        c.stop()
 
 
 def client(cluster: Cluster) -> AuthClient:
@@ -203,18 +202,10 @@ def test_a_killed_worker_is_replaced_and_the_api_keeps_serving(cluster: Cluster)
 
 
 def test_shutdown_stops_the_workers(tmp_path: Path) -> None:
-    c = make_cluster(tmp_path / "c")
-    doc = c.read_config()
-    doc["auth_service"]["workers"] = 3  # type: ignore[index]
-    c.write_config(doc)
-    c.start()
-    try:
+    with running_cluster(tmp_path / "c", workers(3)) as c:  # stopped with every step asserted
         wait_until(lambda: len(workers_of(c.pid)) == 2, "two auth workers")
         pids = workers_of(c.pid)
-        c.stop()  # asserts exit 0 and every shutdown step
-    except BaseException:
-        c.kill()
-        raise
+    assert c.stopped
     assert "shutdown: stopping the auth API workers" in c.log()
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
@@ -222,10 +213,7 @@ def test_shutdown_stops_the_workers(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [0, 65, "many", -1])
 def test_a_bad_worker_count_is_a_clear_config_error(tmp_path: Path, value: object) -> None:
-    c = make_cluster(tmp_path / "c")
-    doc = c.read_config()
-    doc["auth_service"]["workers"] = value  # type: ignore[index]
-    c.write_config(doc)
+    c = make_cluster(tmp_path / "c", workers(value))
     proc = c.spawn()
     rc = proc.wait(timeout=60)
     log = c.log()
