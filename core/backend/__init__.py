@@ -371,6 +371,20 @@ class WatcherSet:
             self._watchers.append(w)
         return w
 
+    def prefixes(self) -> tuple[str, ...] | None:
+        """The key prefixes some watcher wants (sorted, deduplicated), or None for every key.
+
+        None also when a watcher watches everything (it has no prefixes). A
+        backend may use this to skip reading events no watcher will take.
+        """
+        with self._lock:
+            wanted: set[str] = set()
+            for w in self._watchers:
+                if not w.prefixes:
+                    return None
+                wanted.update(w.prefixes)
+        return tuple(sorted(wanted))
+
     def _discard(self, w: Watcher) -> None:
         with self._lock:
             if w in self._watchers:

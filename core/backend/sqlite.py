@@ -51,6 +51,7 @@ from . import (
     WatcherSet,
     check_item,
     check_key,
+    prefix_end,
     utcnow,
 )
 
@@ -102,6 +103,32 @@ def _ts(dt: datetime | None) -> float | None:
 
 def _dt(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+#: Above this many distinct watched prefixes the event query reads every row.
+_MAX_FILTER_PREFIXES = 32
+
+
+def _events_query(last: int, prefixes: tuple[str, ...] | None) -> tuple[str, tuple[Any, ...]]:
+    """The statement that reads the events after ``last`` some watcher may want.
+
+    Rows under no watched prefix (an audit batch, when only resources are
+    watched) stay in SQLite instead of being copied into Python to be dropped
+    there. Two rows are always read, whatever their key: ``last + 1``, so a
+    trimmed log is still noticed (the first row is not ``last + 1``), and the
+    newest row, so ``last`` moves past the skipped ones. One statement is one
+    snapshot, so no row can slip in between. The ranges may take in a few keys
+    beyond a prefix; watchers filter exactly.
+    """
+    base = "SELECT id, type, key, value, expires, revision FROM events WHERE id > ?"
+    if prefixes is None or len(prefixes) > _MAX_FILTER_PREFIXES:
+        return base + " ORDER BY id", (last,)
+    ranges = " OR ".join(["(key >= ? AND key < ?)"] * len(prefixes))
+    params: list[Any] = [last, last + 1]
+    for p in prefixes:
+        params += [p, prefix_end(p)]
+    sql = f"{base} AND (id = ? OR id = (SELECT max(id) FROM events) OR {ranges}) ORDER BY id"  # noqa: S608 - placeholders only
+    return sql, tuple(params)
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -455,10 +482,8 @@ class SQLiteBackend(Backend):
         """Deliver events after ``_last_event`` to watchers (caller holds the lock)."""
         if self._closed or not len(self._watchers):
             return
-        rows: list[_Row] = self._conn.execute(
-            "SELECT id, type, key, value, expires, revision FROM events WHERE id > ? ORDER BY id",
-            (self._last_event,),
-        ).fetchall()
+        sql, params = _events_query(self._last_event, self._watchers.prefixes())
+        rows: list[_Row] = self._conn.execute(sql, params).fetchall()
         if not rows:
             return
         first, last = rows[0][0], rows[-1][0]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from jumpgate.core.backend import EventType, Item
-from jumpgate.core.backend.sqlite import SQLiteBackend
+from jumpgate.core.backend.sqlite import SQLiteBackend, _events_query
 from jumpgate.core.errors import CompareFailed, ConfigError, LimitExceeded
 
 COUNTER = "/counter"
@@ -119,6 +119,69 @@ def test_watcher_that_missed_trimmed_events_fails(tmp_path: Path) -> None:
             await b.put(Item("/k/local", b""))  # b reads the log after its own write
             with pytest.raises(LimitExceeded, match="fell behind"):
                 await w.next(1)
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_prefix_watcher_notices_a_trimmed_log_of_unwatched_keys(tmp_path: Path) -> None:
+    """The rows a watcher missed were all outside its prefix: still a gap, still an error."""
+    path = tmp_path / "sqlite.db"
+
+    async def main() -> None:
+        a = SQLiteBackend(path, events_keep=5)
+        b = SQLiteBackend(path, poll_interval=60)
+        try:
+            w = b.watch(["/roles/"])
+            await a.put_many([Item(f"/events/{i:03d}", b"audit") for i in range(20)])
+            await a.sweep()
+            await b.put(Item("/roles/local", b""))
+            with pytest.raises(LimitExceeded, match="fell behind"):
+                await w.next(1)
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_prefix_watchers_skip_unwatched_rows_in_sqlite(tmp_path: Path) -> None:
+    """Audit batches between two role writes are not read back into Python at all."""
+    path = tmp_path / "sqlite.db"
+
+    async def main() -> None:
+        a = SQLiteBackend(path)
+        b = SQLiteBackend(path, poll_interval=60)
+        try:
+            w = b.watch(["/roles/", "/locks/"])
+            for round_ in range(3):
+                await a.put_many(
+                    [Item(f"/events/{round_}/{i:04d}", b"x" * 200) for i in range(500)]
+                )
+                await a.put(Item(f"/roles/r{round_}", b"role"))
+                await a.put_many([Item(f"/events/{round_}/z{i:04d}", b"x") for i in range(500)])
+                last = b._last_event
+                sql, params = _events_query(last, b._watchers.prefixes())
+                with sqlite3.connect(path) as conn:
+                    rows = conn.execute(sql, params).fetchall()
+                # last + 1 (gap check), the role, the newest row: not the 1,000 audit rows
+                assert [r[2] for r in rows] == [
+                    f"/events/{round_}/0000",
+                    f"/roles/r{round_}",
+                    f"/events/{round_}/z0499",
+                ]
+                b.catch_up()
+                got = w.drain()
+                assert [(e.type, e.item.key) for e in got] == [(EventType.PUT, f"/roles/r{round_}")]
+                assert b._last_event == rows[-1][0]  # moved past the skipped rows
+            # A watcher of everything still gets every row.
+            everything = b.watch()
+            await a.put_many([Item("/events/late", b""), Item("/locks/l", b"")])
+            b.catch_up()
+            assert [e.item.key for e in everything.drain()] == ["/events/late", "/locks/l"]
+            assert [e.item.key for e in w.drain()] == ["/locks/l"]
         finally:
             await a.close()
             await b.close()
