@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,19 +31,14 @@ from jumpgate.core.app.forwarder import (
     request_suffix,
 )
 from jumpgate.core.app.rewrite import render_headers
-from jumpgate.core.auth.aclient import AsyncAuthClient
 from jumpgate.core.auth.identityfile import IdentityFile
 from jumpgate.core.config.services import App as AppConfig
 from jumpgate.core.errors import ConfigError, JumpgateError
-from jumpgate.core.rbac.locks import lock_applies
+from jumpgate.core.serviceagent import HEARTBEAT_TTL, ServiceAgent
 from jumpgate.core.tlsca import Identity, identity_from_certificate
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL = 20.0
-HEARTBEAT_TTL = 60.0
-TUNNEL_POOL = 3
-DYNAMIC_REFRESH = 3.0
 #: Audit events are sent to the auth service in batches this often.
 AUDIT_FLUSH = 0.5
 #: A long session records an ``app.session.chunk`` this often (and one at its end).
@@ -154,8 +148,10 @@ class AppServiceState:
     live: dict[str, LiveAppSession] = field(default_factory=dict)
 
 
-class AppService:
+class AppService(ServiceAgent):
     """One agent serving the apps of ``app_service``."""
+
+    kind = "app"
 
     def __init__(
         self,
@@ -169,7 +165,15 @@ class AppService:
         proxy_addr: str,
         proxy_sni: str,
     ) -> None:
-        self.selectors = [s for s in (resource_selectors or []) if s]
+        super().__init__(
+            resource_selectors=resource_selectors,
+            host_id=host_id,
+            hostname=hostname,
+            identity=identity,
+            auth_addr=auth_addr,
+            proxy_addr=proxy_addr,
+            proxy_sni=proxy_sni,
+        )
         if not apps and not self.selectors:
             raise ConfigError(
                 "app_service is enabled but lists no apps and no resources to watch",
@@ -183,17 +187,10 @@ class AppService:
                 raise ConfigError(str(exc), hint="for example uri: http://localhost:3000") from None
         self.static = {a.name: a for a in apps}
         self.apps: dict[str, ServedApp] = dict(self.static)
-        self.host_id = host_id
-        self.hostname = hostname
-        self.identity = identity
-        self.auth = AsyncAuthClient(auth_addr, identity)
-        self.proxy_addr = proxy_addr
-        self.proxy_sni = proxy_sni
         self.state = AppServiceState()
-        self.local_registry: Any = None
         #: the proxy's app frontend in this process: it hands connections over directly
         self.local_frontend: Any = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._audit_task: asyncio.Task[None] | None = None
         self._events: list[dict[str, Any]] = []
         self._events_ready = asyncio.Event()
         self._refused: list[str] = []  # public_addr values the auth service refused
@@ -201,50 +198,24 @@ class AppService:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Announce the apps (at once when the cluster is up), then keep serving."""
-        try:
-            await self._heartbeat_once()
-        except JumpgateError as exc:
-            log.warning("app: cannot reach the cluster yet (%s); will keep trying", exc)
-        names = ", ".join(self.apps) or "(apps matching app_service.resources)"
-        log.info("app: serving %s (host id %s)", names, self.host_id)
-        self._tasks.append(spawn(self._heartbeat_loop(), name="app-heartbeat"))
-        self._tasks.append(spawn(self._lock_loop(), name="app-locks"))
-        self._tasks.append(spawn(self._audit_loop(), name="app-audit"))
-        if self.selectors:
-            self._tasks.append(spawn(self._dynamic_loop(), name="app-dynamic"))
+        await self._announce_and_serve(
+            ", ".join(self.apps) or "(apps matching app_service.resources)"
+        )
+        self._audit_task = spawn(self._audit_loop(), name="app-audit")
         if self.local_frontend is not None:
             self.local_frontend.local_agents[self.host_id] = self
-        if self.local_registry is not None:
-            self.local_registry.add_local(self.host_id, self._local_session, service="app")
-        else:
-            from jumpgate.core.db.tunnel import TunnelAgent
-
-            tunnel = TunnelAgent(
-                proxy_addr=self.proxy_addr,
-                sni=self.proxy_sni,
-                identity=self.identity,
-                host_id=self.host_id,
-                services=["app"],
-                pool=TUNNEL_POOL,
-                on_session=self.handle_session,
-            )
-            self._tasks.append(spawn(tunnel.run(), name="app-tunnel"))
+        self._start_sessions()
 
     async def close(self) -> None:
         """Stop serving; live sessions are closed and their events flushed."""
-        if self.local_registry is not None:
-            self.local_registry.remove_local(self.host_id, service="app")
         if self.local_frontend is not None:
             self.local_frontend.local_agents.pop(self.host_id, None)
         for sess in list(self.state.live.values()):
             sess.forwarder.close("the App Service is stopping")
-        audit = self._tasks[2] if len(self._tasks) > 2 else None
-        for task in self._tasks:
-            if task is not audit:
-                await cancel_and_wait(task)
+        await self._stop_serving()
         await asyncio.sleep(0)  # let closing sessions record their end
         await self._flush_events()
-        await cancel_and_wait(audit)
+        await cancel_and_wait(self._audit_task)
         await self.auth.close()
 
     # ------------------------------------------------------------------ heartbeats
@@ -261,26 +232,6 @@ class AppService:
             for line in refused:
                 log.warning("app: %s", line)
             self._refused = refused
-
-    async def _heartbeat_loop(self) -> None:
-        delay = 1.0
-        while True:
-            await asyncio.sleep(delay * random.uniform(0.8, 1.0))
-            try:
-                await self._heartbeat_once()
-                delay = HEARTBEAT_INTERVAL
-            except JumpgateError as exc:
-                log.warning("app: heartbeat failed (%s); retrying", exc)
-                delay = 2.0
-
-    async def _dynamic_loop(self) -> None:
-        while True:
-            await asyncio.sleep(DYNAMIC_REFRESH)
-            try:
-                if await self.refresh_dynamic():
-                    await self._heartbeat_once()
-            except JumpgateError as exc:
-                log.debug("app: refreshing dynamic apps failed: %s", exc)
 
     async def refresh_dynamic(self) -> bool:
         """Serve the ``app`` resources whose labels match ``app_service.resources``."""
@@ -309,33 +260,11 @@ class AppService:
         return changed
 
     # ------------------------------------------------------------------ locks
-    async def _lock_loop(self) -> None:
-        generation = -1
-        while True:
-            try:
-                res = await self.auth.call("locks.watch", generation=generation, timeout=25)
-            except JumpgateError as exc:
-                log.debug("app: lock watch failed (%s); retrying", exc)
-                await asyncio.sleep(1.0)
-                continue
-            generation = int(res["generation"])
-            self.enforce_locks(res["locks"])
+    def _live_sessions(self) -> Iterable[tuple[str, Identity, str, Any]]:
+        return [(s.session_id, s.identity, s.app, s) for s in self.state.live.values()]
 
-    def enforce_locks(self, locks: list[dict[str, Any]]) -> None:
-        """Close every live session a lock targets."""
-        for sess in list(self.state.live.values()):
-            for lk in locks:
-                spec = lk.get("spec", {})
-                if lock_applies(spec.get("target", {}), sess.identity):
-                    log.info(
-                        "app: closing session %s of %s to %s: locked (%s)",
-                        sess.session_id,
-                        sess.identity.username,
-                        sess.app,
-                        spec.get("message", ""),
-                    )
-                    sess.forwarder.close(f"locked: {spec.get('message', '')}")
-                    break
+    def _close_session(self, handle: Any, reason: str) -> None:
+        handle.forwarder.close(reason)
 
     # ------------------------------------------------------------------ audit
     def _record(self, event: str, **fields: Any) -> None:
@@ -496,16 +425,6 @@ class AppService:
             strip=frozenset(strip),
             public_origin=f"https://{public}",
         )
-
-    async def _local_session(self) -> socket.socket:
-        """In-process hand-off: a socketpair whose other end this agent serves."""
-        from jumpgate.core.db.tunnel import serve_tunnel_socket
-
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        theirs.setblocking(False)
-        spawn(serve_tunnel_socket(ours, self.handle_session), name="app-local-session")
-        return theirs
 
 
 def _expiry_timer(forwarder: AppSession, identity: Identity) -> asyncio.TimerHandle | None:

@@ -9,29 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jumpgate.core.aio import cancel_and_wait, spawn
-from jumpgate.core.auth.aclient import AsyncAuthClient
 from jumpgate.core.auth.identityfile import IdentityFile
 from jumpgate.core.config.services import Database as DatabaseConfig
-from jumpgate.core.errors import ConfigError, JumpgateError
-from jumpgate.core.rbac.locks import lock_applies
+from jumpgate.core.errors import ConfigError
+from jumpgate.core.serviceagent import HEARTBEAT_TTL, ServiceAgent
 from jumpgate.core.tlsca import Identity
 
 log = logging.getLogger(__name__)
-
-#: How often the agent announces its databases, and how long an announcement lives.
-HEARTBEAT_INTERVAL = 20.0
-HEARTBEAT_TTL = 60.0
-#: Idle reverse-tunnel connections kept at the proxy.
-TUNNEL_POOL = 3
-#: How often an agent with ``db_service.resources`` looks for new ``db`` resources.
-DYNAMIC_REFRESH = 3.0
 
 
 def db_resource(cfg: DatabaseConfig) -> dict[str, Any]:
@@ -74,8 +63,10 @@ class DatabaseServiceState:
     live: dict[str, LiveSession] = field(default_factory=dict)
 
 
-class DatabaseService:
+class DatabaseService(ServiceAgent):
     """One agent serving the databases of ``db_service``."""
+
+    kind = "db"
 
     def __init__(
         self,
@@ -89,7 +80,15 @@ class DatabaseService:
         proxy_addr: str,
         proxy_sni: str,
     ) -> None:
-        self.selectors = [s for s in (resource_selectors or []) if s]
+        super().__init__(
+            resource_selectors=resource_selectors,
+            host_id=host_id,
+            hostname=hostname,
+            identity=identity,
+            auth_addr=auth_addr,
+            proxy_addr=proxy_addr,
+            proxy_sni=proxy_sni,
+        )
         if not databases and not self.selectors:
             raise ConfigError(
                 "db_service is enabled but lists no databases and no resources to watch",
@@ -101,17 +100,7 @@ class DatabaseService:
         self.databases: dict[str, DatabaseConfig] = dict(self.static)
         #: inline CA certificates of dynamic databases (``spec.tls.ca_cert``)
         self.inline_ca: dict[str, bytes] = {}
-        self.host_id = host_id
-        self.hostname = hostname
-        self.identity = identity
-        self.auth = AsyncAuthClient(auth_addr, identity)
-        self.proxy_addr = proxy_addr
-        self.proxy_sni = proxy_sni
         self.state = DatabaseServiceState()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
-        #: set when the proxy runs in this process: sessions come over socketpairs
-        self.local_registry: Any = None
         #: the cluster's db CA (learned with the first session; verifies cancel targets)
         self.db_ca_pem: bytes = b""
 
@@ -121,54 +110,20 @@ class DatabaseService:
 
         An unreachable cluster is not fatal: heartbeats and tunnels retry by themselves.
         """
-        try:
-            await self._heartbeat_once()
-        except JumpgateError as exc:
-            log.warning("db: cannot reach the cluster yet (%s); will keep trying", exc)
-        names = ", ".join(self.databases) or "(databases matching db_service.resources)"
-        log.info("db: serving %s (host id %s)", names, self.host_id)
-        self._tasks.append(spawn(self._heartbeat_loop(), name="db-heartbeat"))
-        self._tasks.append(spawn(self._lock_loop(), name="db-locks"))
-        if self.selectors:
-            self._tasks.append(spawn(self._dynamic_loop(), name="db-dynamic"))
-        if self.local_registry is not None:
-            self.local_registry.add_local(self.host_id, self._local_session)
-        else:
-            from jumpgate.core.db.tunnel import TunnelAgent
-
-            self._tunnel = TunnelAgent(
-                proxy_addr=self.proxy_addr,
-                sni=self.proxy_sni,
-                identity=self.identity,
-                host_id=self.host_id,
-                services=["db"],
-                pool=TUNNEL_POOL,
-                on_session=self.handle_session,
-            )
-            self._tasks.append(spawn(self._tunnel.run(), name="db-tunnel"))
+        await self._announce_and_serve(
+            ", ".join(self.databases) or "(databases matching db_service.resources)"
+        )
+        self._start_sessions()
 
     async def close(self) -> None:
         """Stop serving; live sessions are closed."""
-        self._stopping = True
-        if self.local_registry is not None:
-            self.local_registry.remove_local(self.host_id)
-        for task in self._tasks:
-            await cancel_and_wait(task)
+        await self._stop_serving()
         for sess in list(self.state.live.values()):
             if sess.close:
                 sess.close()
         await self.auth.close()
 
     # ------------------------------------------------------------------ heartbeats
-    async def _dynamic_loop(self) -> None:
-        while True:
-            await asyncio.sleep(DYNAMIC_REFRESH)
-            try:
-                if await self.refresh_dynamic():
-                    await self._heartbeat_once()
-            except JumpgateError as exc:
-                log.debug("db: refreshing dynamic databases failed: %s", exc)
-
     async def refresh_dynamic(self) -> bool:
         """Serve the ``db`` resources whose labels match ``db_service.resources``.
 
@@ -226,46 +181,14 @@ class DatabaseService:
             ttl=HEARTBEAT_TTL,
         )
 
-    async def _heartbeat_loop(self) -> None:
-        delay = 1.0
-        while True:
-            await asyncio.sleep(delay * random.uniform(0.8, 1.0))
-            try:
-                await self._heartbeat_once()
-                delay = HEARTBEAT_INTERVAL
-            except JumpgateError as exc:
-                log.warning("db: heartbeat failed (%s); retrying", exc)
-                delay = 2.0
-
-    # ------------------------------------------------------------------ locks
-    async def _lock_loop(self) -> None:
-        generation = -1
-        while True:
-            try:
-                res = await self.auth.call("locks.watch", generation=generation, timeout=25)
-            except JumpgateError as exc:
-                log.debug("db: lock watch failed (%s); retrying", exc)
-                await asyncio.sleep(1.0)
-                continue
-            generation = int(res["generation"])
-            self.enforce_locks(res["locks"])
-
-    def enforce_locks(self, locks: list[dict[str, Any]]) -> None:
-        """Close every live session a lock targets."""
-        for sess in list(self.state.live.values()):
-            for lk in locks:
-                if lock_applies(lk.get("spec", {}).get("target", {}), sess.identity):
-                    log.info(
-                        "db: closing session %s of %s: locked (%s)",
-                        sess.session_id,
-                        sess.identity.username,
-                        lk.get("spec", {}).get("message", ""),
-                    )
-                    if sess.close:
-                        sess.close(f"locked: {lk.get('spec', {}).get('message', '')}")
-                    break
-
     # ------------------------------------------------------------------ sessions
+    def _live_sessions(self) -> Iterable[tuple[str, Identity, str, Any]]:
+        return [(s.session_id, s.identity, s.db, s) for s in self.state.live.values()]
+
+    def _close_session(self, handle: Any, reason: str) -> None:
+        if handle.close:
+            handle.close(reason)
+
     async def handle_session(
         self, transport: asyncio.Transport, handshake: Any, header: dict[str, Any]
     ) -> None:
@@ -275,16 +198,6 @@ class DatabaseService:
         db_cfg = self.databases.get(str(header.get("db", "")))
         engine = get_engine(str(header.get("protocol", db_cfg.protocol if db_cfg else "")))
         await engine.serve(self, db_cfg, transport, handshake, header)
-
-    async def _local_session(self) -> socket.socket:
-        """In-process hand-off: a socketpair whose other end this agent serves."""
-        from jumpgate.core.db.tunnel import serve_tunnel_socket
-
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        theirs.setblocking(False)
-        spawn(serve_tunnel_socket(ours, self.handle_session), name="db-local-session")
-        return theirs
 
 
 def identity_path(data_dir: Path, role: str) -> Path:
