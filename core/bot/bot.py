@@ -13,7 +13,9 @@ to its destination.
 
 Loop: every ``renewal_interval`` (or at once on :attr:`Bot.reload`, which
 SIGHUP sets) renew and refresh the outputs; on failure retry with jittered
-exponential backoff while the last good outputs stay in place.
+exponential backoff while the last good outputs stay in place. The time of the
+last successful renewal (identity and each output) and of the next scheduled
+one are kept for the diagnostics (``/readyz``, ``/metrics``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from jumpgate.core.bot.config_outputs import (
     AnyOutput,
     ApplicationOutputConfig,
     DatabaseOutputConfig,
+    output_labels,
 )
 from jumpgate.core.bot.destinations import DirectoryDestination, MemoryDestination, make_destination
 from jumpgate.core.bot.storage import BotIdentity, BotStorage, token_hash
@@ -64,8 +67,13 @@ class BotDead(AccessDenied):
     """The bot identity expired and cannot be replaced without an operator."""
 
 
-def _rfc3339(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def _rfc3339(t: datetime, timespec: str = "seconds") -> str:
+    return t.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def _rfc3339_ms(t: datetime) -> str:
+    """With milliseconds: renewals can come less than a second apart (SIGHUP, backoff)."""
+    return _rfc3339(t, "milliseconds")
 
 
 @dataclass
@@ -74,6 +82,7 @@ class OutputState:
 
     label: str
     expires: datetime | None = None
+    #: When its credentials were last written (its last successful renewal)
     last_success: datetime | None = None
     last_error: str = ""
 
@@ -103,8 +112,7 @@ class Bot:
         self.storage = BotStorage(make_destination(cfg.storage))
         self.outputs: list[tuple[AnyOutput, DirectoryDestination | MemoryDestination, str]] = []
         self.states: dict[str, OutputState] = {}
-        for i, o in enumerate(cfg.outputs, 1):
-            label = o.label() if o.label() not in self.states else f"{o.label()} #{i}"
+        for o, label in zip(cfg.outputs, output_labels(cfg.outputs), strict=True):
             self.outputs.append((o, make_destination(o.destination), label))
             self.states[label] = OutputState(label)
         self.metrics = Metrics()
@@ -112,6 +120,10 @@ class Bot:
         self.reload = asyncio.Event()
         self._stop = asyncio.Event()
         self.ident: BotIdentity | None = None
+        #: When the bot identity was last renewed (or joined) successfully
+        self.last_renewal: datetime | None = None
+        #: When the loop renews next (identity and every output), unless a reload comes first
+        self.next_renewal: datetime | None = None
         self._protocols: dict[str, str] = {}
         self._warned: set[str] = set()
 
@@ -146,6 +158,7 @@ class Bot:
                 attempt += 1
                 self.metrics.renewal_failures_total += 1
                 delay = self._backoff(attempt)
+                self._schedule(delay)
                 log.warning("cannot reach the cluster (%s); retrying in %.0fs", exc.message, delay)
                 if await self._wait(delay) == "stop":
                     return []
@@ -166,6 +179,7 @@ class Bot:
                 if failures == 0
                 else self._backoff(failures)
             )
+            self._schedule(delay)
             why = await self._wait(delay)
             if why == "stop":
                 return
@@ -186,6 +200,10 @@ class Bot:
                     getattr(exc, "message", None) or str(exc),
                     self._backoff(failures),
                 )
+
+    def _schedule(self, delay: float) -> None:
+        """Record when the next renewal is due (``delay`` seconds from now)."""
+        self.next_renewal = self.clock() + timedelta(seconds=max(delay, 0.0))
 
     def _backoff(self, failures: int) -> float:
         """Jittered exponential backoff, capped at the renewal interval."""
@@ -295,6 +313,7 @@ class Bot:
         self.storage.save(ident, token=token)  # saved before it is used
         self.storage.clear_join_key()
         self.ident = ident
+        self.last_renewal = self.clock()
         self.metrics.joins_total += 1
         log.info(
             "joined the cluster %s as bot %s (generation %d, valid until %s)",
@@ -330,6 +349,7 @@ class Bot:
         self.storage.save(new)  # saved before it is used
         failpoint("bot.renew.after_save")
         self.ident = new
+        self.last_renewal = self.clock()
         self.metrics.renewals_total += 1
         log.info(
             "renewed the identity of bot %s (generation %d, valid until %s)",
@@ -466,7 +486,8 @@ class Bot:
 
     # ------------------------------------------------------------------ health
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """Ready when every output holds unexpired credentials; per-output detail."""
+        """Ready when every output holds unexpired credentials; per-output detail (with the
+        last and next renewal), and the bot identity's own (``identity``)."""
         now = self.clock()
         services: dict[str, object] = {}
         # without outputs, ready means the bot's own identity is valid
@@ -477,12 +498,27 @@ class Bot:
             detail: dict[str, object] = {"status": "healthy" if ok else "unhealthy"}
             if st.expires is not None:
                 detail["expires"] = _rfc3339(st.expires)
+            if st.last_success is not None:
+                detail["last_renewal"] = _rfc3339_ms(st.last_success)
+            if self.next_renewal is not None:
+                detail["next_renewal"] = _rfc3339_ms(self.next_renewal)
             if st.last_error:
                 detail["reason"] = st.last_error
             elif st.expires is None:
                 detail["status"], detail["reason"] = "initializing", "not generated yet"
             services[label] = detail
-        return ready, {"status": "healthy" if ready else "unhealthy", "services": services}
+        identity: dict[str, object] = {}
+        if self.ident is not None:
+            identity["expires"] = _rfc3339(self.ident.expires)
+        if self.last_renewal is not None:
+            identity["last_renewal"] = _rfc3339_ms(self.last_renewal)
+        if self.next_renewal is not None:
+            identity["next_renewal"] = _rfc3339_ms(self.next_renewal)
+        return ready, {
+            "status": "healthy" if ready else "unhealthy",
+            "services": services,
+            "identity": identity,
+        }
 
 
 def _what(out: AnyOutput) -> str:

@@ -128,6 +128,15 @@ class ApplicationOutputConfig(OutputConfig):
 
 AnyOutput = IdentityOutputConfig | DatabaseOutputConfig | ApplicationOutputConfig
 
+
+def output_labels(outputs: list[AnyOutput]) -> list[str]:
+    """The name of each output in ``/readyz`` and ``/metrics`` (a repeated label gets `` #N``)."""
+    labels: list[str] = []
+    for i, o in enumerate(outputs, 1):
+        labels.append(o.label() if o.label() not in labels else f"{o.label()} #{i}")
+    return labels
+
+
 _DESTINATION_KEYS = ("type", "path", "symlinks", "acls", "readers")
 
 

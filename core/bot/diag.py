@@ -4,7 +4,12 @@
 * ``/readyz``: 200 only when every output holds unexpired credentials, else
   503; the JSON body has one entry per output (``/readyz/<name>`` for one);
 * ``/metrics``: Prometheus text format (renewals, failures, seconds until the
-  bot identity and each output expire).
+  bot identity and each output expire, and the last and next renewal of each
+  as unix timestamps).
+
+The ``/readyz`` detail of each output, and its ``identity`` entry for the bot
+identity, carry ``last_renewal`` (the last successful renewal) and
+``next_renewal`` (the next scheduled one) as ISO-8601 UTC times.
 """
 
 from __future__ import annotations
@@ -55,6 +60,26 @@ def metrics_text(bot: Bot, now: datetime | None = None) -> str:
                 f'tbot_output_expiry_seconds{{output="{_label(label)}"}} '
                 f"{(st.expires - now).total_seconds():.0f}"
             )
+    lines += _timestamps(
+        "tbot_identity_last_renewal_timestamp_seconds",
+        "Unix time of the bot identity's last successful renewal (or join).",
+        [("", bot.last_renewal)],
+    )
+    lines += _timestamps(
+        "tbot_identity_next_renewal_timestamp_seconds",
+        "Unix time of the next scheduled renewal of the bot identity.",
+        [("", bot.next_renewal)],
+    )
+    lines += _timestamps(
+        "tbot_output_last_renewal_timestamp_seconds",
+        "Unix time an output's credentials were last written.",
+        [(label, st.last_success) for label, st in bot.states.items()],
+    )
+    lines += _timestamps(
+        "tbot_output_next_renewal_timestamp_seconds",
+        "Unix time of the next scheduled renewal of an output.",
+        [(label, bot.next_renewal) for label in bot.states],
+    )
     lines += [
         "# HELP tbot_output_healthy 1 when the output holds unexpired credentials.",
         "# TYPE tbot_output_healthy gauge",
@@ -63,6 +88,17 @@ def metrics_text(bot: Bot, now: datetime | None = None) -> str:
         ok = st.expires is not None and st.expires > now
         lines.append(f'tbot_output_healthy{{output="{_label(label)}"}} {int(ok)}')
     return "\n".join(lines) + "\n"
+
+
+def _timestamps(name: str, help_text: str, samples: list[tuple[str, datetime | None]]) -> list[str]:
+    """One gauge of unix timestamps; ``samples`` are (output label or "", time or None)."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+    for label, t in samples:
+        if t is None:
+            continue
+        labels = f'{{output="{_label(label)}"}}' if label else ""
+        lines.append(f"{name}{labels} {t.timestamp():.3f}")
+    return lines
 
 
 class Diagnostics:

@@ -1,7 +1,10 @@
 """What a dashboard can see on this machine: identities, running local proxies, tbot processes.
 
 Everything here reads local state only (files, ``/proc``) except
-:func:`read_diagnostics`, which asks a tbot's ``diag_addr`` over HTTP:
+:func:`read_diagnostics`, which asks a tbot's ``diag_addr`` over HTTP (its
+``/readyz`` and ``/metrics``, with the last and next renewal of the bot
+identity and of each output; :func:`renewal_times` picks them for one
+certificate, or estimates them from the certificate when tbot cannot say):
 
 * :func:`profile_certs` / :func:`bot_certs` / :func:`destination_cert`: every
   certificate of a ``tsh`` profile (user, databases, apps) and of a tbot
@@ -53,6 +56,8 @@ class CertInfo:
     config: str = ""
     #: The tbot config's renewal interval (None for tsh certificates)
     renewal_interval: timedelta | None = None
+    #: The output's name in the tbot diagnostics (``/readyz``), for ``tbot output`` certificates
+    output: str = ""
 
     def remaining(self, now: datetime | None = None) -> timedelta:
         """Time left (negative once expired)."""
@@ -72,7 +77,8 @@ class CertInfo:
 
     @property
     def next_renewal(self) -> datetime | None:
-        """When tbot will renew it (last renewal + renewal interval); None for tsh certificates."""
+        """An estimate of when tbot renews it (issued + renewal interval); None for tsh
+        certificates. :func:`renewal_times` prefers what tbot's diagnostics say."""
         if self.renewal_interval is None:
             return None
         return self.last_renewal + self.renewal_interval
@@ -160,7 +166,7 @@ def destination_cert(
 
 def bot_certs(cfg: BotConfig) -> list[CertInfo]:
     """A tbot's own identity (directory storage) and every directory output it writes."""
-    from jumpgate.core.bot.config_outputs import DirectoryConfig
+    from jumpgate.core.bot.config_outputs import DirectoryConfig, output_labels
 
     ri = cfg.renewal_interval
     out: list[CertInfo] = []
@@ -170,9 +176,11 @@ def bot_certs(cfg: BotConfig) -> list[CertInfo]:
         )
         if info is not None:
             out.append(info)
-    for o in cfg.outputs:
+    for o, label in zip(cfg.outputs, output_labels(cfg.outputs), strict=True):
         if isinstance(o.destination, DirectoryConfig):
-            info = destination_cert(o.destination.path, config=cfg.source, renewal_interval=ri)
+            info = destination_cert(
+                o.destination.path, config=cfg.source, renewal_interval=ri, output=label
+            )
             if info is not None:
                 out.append(info)
     return out
@@ -379,6 +387,40 @@ class Diagnostics:
     renewals_total: int
     renewal_failures_total: int
     identity_expiry_seconds: float | None
+    #: ``/readyz``'s ``identity`` entry (expires, last_renewal, next_renewal)
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    def renewals(self, output: str = "") -> tuple[datetime | None, datetime | None]:
+        """(last, next) renewal of an output (by its ``/readyz`` name), or of the bot
+        identity when ``output`` is empty; None where tbot does not say."""
+        detail = self.services.get(output) if output else self.identity
+        if not isinstance(detail, dict):
+            return None, None
+        return _parse_time(detail.get("last_renewal")), _parse_time(detail.get("next_renewal"))
+
+
+@dataclass(frozen=True)
+class RenewalTimes:
+    """The last and next renewal of a certificate, and where they come from."""
+
+    last: datetime | None
+    next: datetime | None
+    #: ``tbot`` (its diagnostics), ``estimated`` (issued + renewal_interval), ``issued`` (a
+    #: tsh certificate: ``last`` is when it was issued, nothing renews it)
+    source: str
+
+
+def renewal_times(cert: CertInfo, diag: Diagnostics | None) -> RenewalTimes:
+    """From the diagnostics of the tbot that writes ``cert`` when they have its times,
+    else estimated from the certificate itself."""
+    is_bot = cert.kind == "tbot identity" or (cert.kind == "tbot output" and bool(cert.output))
+    if is_bot and diag is not None:
+        last, nxt = diag.renewals(cert.output if cert.kind == "tbot output" else "")
+        if last is not None or nxt is not None:
+            return RenewalTimes(last, nxt, "tbot")
+    if cert.renewal_interval is None:
+        return RenewalTimes(cert.last_renewal, None, "issued")
+    return RenewalTimes(cert.last_renewal, cert.next_renewal, "estimated")
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -418,10 +460,12 @@ def read_diagnostics(diag_addr: str, *, timeout: float = 2.0) -> Diagnostics:
     _, metrics_text = get("/metrics")
     metrics = parse_metrics(metrics_text)
     services = ready_doc.get("services") if isinstance(ready_doc, dict) else None
+    identity = ready_doc.get("identity") if isinstance(ready_doc, dict) else None
     return Diagnostics(
         ready=status == 200,
         services=services if isinstance(services, dict) else {},
         renewals_total=int(metrics.get("tbot_renewals_total", 0)),
         renewal_failures_total=int(metrics.get("tbot_renewal_failures_total", 0)),
         identity_expiry_seconds=metrics.get("tbot_identity_expiry_seconds"),
+        identity=identity if isinstance(identity, dict) else {},
     )

@@ -22,7 +22,9 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -439,6 +441,87 @@ def test_daemon_diagnostics_sighup_and_sigterm(
     assert any("received a reload signal" in rec["message"] for rec in lines), out
     assert not pid_file.exists()
     assert bot_generation(cluster, name) == 2
+
+
+def _iso(value: str) -> float:
+    """An ISO-8601 UTC time from /readyz as a unix timestamp."""
+    assert value.endswith("Z"), value
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def test_diagnostics_last_and_next_renewal_times(
+    cluster: Cluster, roles: None, pin: str, tmp_path: Path
+) -> None:
+    """/readyz (per output and for the identity) and /metrics say when tbot last renewed and
+    when it renews next; SIGHUP moves both; the scheduled renewal comes when it said."""
+    _, token = add_bot(cluster)
+    port = free_port()
+    interval = 10.0
+    cfg = seed_config(
+        tmp_path / "tbot.yaml",
+        addr=cluster.public_addr,
+        token=token,
+        pin=pin,
+        storage=tmp_path / "bot",
+        outputs=db_output(tmp_path / "out"),
+        extra=f"diag_addr: 127.0.0.1:{port}\nrenewal_interval: 10s\ncertificate_ttl: 1m\n",
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def times() -> tuple[dict[str, Any], dict[str, Any], str]:
+        status, body = _get(f"{base}/readyz")
+        assert status == 200, body
+        doc = json.loads(body)
+        ((label, detail),) = doc["services"].items()
+        return doc["identity"], detail, label
+
+    def metric(name: str) -> float:
+        return _metric(_get(f"{base}/metrics")[1], name)
+
+    with daemon("start", "-c", cfg) as proc:
+        _poll("/readyz", lambda: _get(f"{base}/readyz")[0] == 200)
+        ident, detail, label = times()
+        # the existing keys are all still there
+        assert detail["status"] == "healthy" and detail["expires"] and ident["expires"]
+        out_last, out_next = _iso(detail["last_renewal"]), _iso(detail["next_renewal"])
+        id_last, id_next = _iso(ident["last_renewal"]), _iso(ident["next_renewal"])
+        assert id_next == out_next  # one loop renews the identity and every output
+        assert id_last <= out_last <= time.time() + 1
+        assert abs(out_next - (out_last + interval)) <= 1, (out_last, out_next)
+        # /metrics has the same times as unix timestamps (gauges)
+        text = _get(f"{base}/metrics")[1]
+        for name in (
+            "tbot_identity_last_renewal_timestamp_seconds",
+            "tbot_identity_next_renewal_timestamp_seconds",
+            "tbot_output_last_renewal_timestamp_seconds",
+            "tbot_output_next_renewal_timestamp_seconds",
+        ):
+            assert f"# TYPE {name} gauge\n" in text, text
+        out = f'{{output="{label}"}}'
+        assert abs(metric("tbot_identity_last_renewal_timestamp_seconds") - id_last) < 0.01
+        assert abs(metric("tbot_identity_next_renewal_timestamp_seconds") - id_next) < 0.01
+        assert abs(metric(f"tbot_output_last_renewal_timestamp_seconds{out}") - out_last) < 0.01
+        assert abs(metric(f"tbot_output_next_renewal_timestamp_seconds{out}") - out_next) < 0.01
+
+        # SIGHUP: renewed now, before the schedule; both times move on
+        assert metric("tbot_renewals_total") == 0
+        proc.send_signal(signal.SIGHUP)
+        _poll("the reload's renewal", lambda: metric("tbot_renewals_total") == 1)
+        _poll("the next renewal rescheduled", lambda: _iso(times()[1]["next_renewal"]) > out_next)
+        ident, detail, _ = times()
+        hup_last, hup_next = _iso(detail["last_renewal"]), _iso(detail["next_renewal"])
+        assert _iso(ident["last_renewal"]) > id_last
+        assert hup_last > out_last
+        assert hup_last < out_next - 1  # not the scheduled renewal: the SIGHUP one
+        assert abs(hup_next - (hup_last + interval)) <= 1, (hup_last, hup_next)
+        assert abs(metric(f"tbot_output_next_renewal_timestamp_seconds{out}") - hup_next) < 0.01
+
+        # the scheduled renewal comes when /readyz said it would
+        _poll("the scheduled renewal", lambda: metric("tbot_renewals_total") == 2, timeout=30)
+        _poll("its output", lambda: _iso(times()[1]["last_renewal"]) > hup_last)
+        assert abs(_iso(times()[1]["last_renewal"]) - hup_next) <= 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
 
 
 def test_failed_renewals_keep_the_last_good_outputs(tmp_path: Path) -> None:

@@ -1,4 +1,10 @@
-"""Certificates: every identity Jumpgate can see, with a live countdown and renew-now."""
+"""Certificates: every identity Jumpgate can see, with a live countdown and renew-now.
+
+The last and next renewal of a tbot certificate come from the bot's diagnostics
+(``diag_addr``) when its config has one and it answers, marked ``(tbot)``; else
+they are estimated from the certificate (issued + ``renewal_interval``), marked
+``(est.)``. A tsh certificate shows when it was issued (nothing renews it).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import get_current_worker
 
-from jumpgate.core.client.discovery import CertInfo, Diagnostics
+from jumpgate.core.client.discovery import CertInfo, Diagnostics, RenewalTimes, renewal_times
 from jumpgate.core.errors import JumpgateError, NotFound
 from jumpgate.tui.notify import notify_error
 from jumpgate.tui.state import DashboardState
@@ -22,6 +28,14 @@ from jumpgate.tui.widgets.timefmt import countdown, fraction_style, short_time
 from jumpgate.tui.workers import to_ui
 
 COLUMNS = ("Kind", "Name", "Left", "Not after", "Last", "Next", "tbot", "Subject", "Roles", "Route")
+
+#: How each source of the renewal times is marked in the table, and in the details pane.
+SOURCE_TAG = {"tbot": "(tbot)", "estimated": "(est.)", "issued": ""}
+SOURCE_TEXT = {
+    "tbot": "(from tbot)",
+    "estimated": "(estimated: issued + renewal_interval)",
+    "issued": "(issued; renewed by logging in again)",
+}
 
 
 def short_name(name: str) -> str:
@@ -129,16 +143,32 @@ class CertificatesScreen(Screen[None]):
             style="green" if d.ready else "red",
         )
 
+    def renewals(self, c: CertInfo) -> RenewalTimes:
+        """Last/next renewal of ``c``: from its tbot's diagnostics, else estimated."""
+        d = self.diag.get(c.config) if c.config else None
+        return renewal_times(c, d if isinstance(d, Diagnostics) else None)
+
+    @staticmethod
+    def _when(t: datetime | None, source: str) -> Text:
+        if t is None:
+            return Text("-")
+        tag = SOURCE_TAG[source]
+        return Text(
+            f"{short_time(t)} {tag}" if tag else short_time(t),
+            style="dim" if source == "estimated" else "",
+        )
+
     def _cells(self, c: CertInfo, now: datetime | None = None) -> list[Text | str]:
         now = now or datetime.now(UTC)
         left = Text(countdown(c.remaining(now)), style=fraction_style(c.fraction_left(now)))
+        times = self.renewals(c)
         return [
             c.kind,
             short_name(c.name),
             left,
             short_time(c.not_after),
-            short_time(c.last_renewal),
-            short_time(c.next_renewal),
+            self._when(times.last, times.source),
+            self._when(times.next, times.source),
             self._tbot_cell(c),
             c.subject,
             ",".join(c.roles),
@@ -198,20 +228,26 @@ class CertificatesScreen(Screen[None]):
         if c.config:
             rows.append(("tbot config", c.config))
         for label, value in rows:
-            out.append(f"{label:<12}", style="bold")
+            out.append(f"{label:<14}", style="bold")
             out.append(f"{value}\n")
-        out.append(f"{'Left':<12}", style="bold")
+        out.append(f"{'Left':<14}", style="bold")
         out.append(countdown(c.remaining(now)), style=fraction_style(c.fraction_left(now)))
         out.append(f"  ({c.fraction_left(now):.0%} of its lifetime)\n")
+        times = self.renewals(c)
+        for label, t in (("Last renewal", times.last), ("Next renewal", times.next)):
+            if t is None:
+                continue
+            out.append(f"{label:<14}", style="bold")
+            out.append(f"{t.astimezone():%Y-%m-%d %H:%M:%S} {SOURCE_TEXT[times.source]}\n")
         d = self.diag.get(c.config) if c.config else None
         if isinstance(d, Diagnostics):
-            out.append(f"{'Diagnostics':<12}", style="bold")
+            out.append(f"{'Diagnostics':<14}", style="bold")
             out.append(
                 f"{'ready' if d.ready else 'unhealthy'}, {d.renewals_total} renewals, "
                 f"{d.renewal_failures_total} failures\n"
             )
         elif isinstance(d, str):
-            out.append(f"{'Diagnostics':<12}", style="bold")
+            out.append(f"{'Diagnostics':<14}", style="bold")
             out.append(d + "\n", style="red")
         self.query_one("#cert-details", Static).update(out)
 
