@@ -9,7 +9,10 @@ dashboard's setup wizard previews their output and calls the ``apply_*`` /
    ``bots.add`` for a new bot) by :func:`apply_role`;
 2. the tbot ``database`` output: :class:`OutputForm` → :func:`tbot_yaml` (added to
    an existing config, or a new one that joins with the bot's token);
-3. the local proxy: :func:`proxy_unit` (the seed's ``tbot-db-proxy.service``);
+   :func:`write_config` re-reads the file when it writes, so it never replaces a
+   file it has not read;
+3. the local proxy: :func:`proxy_unit` (the seed's ``tbot-db-proxy.service``), whose
+   ``--proxy`` comes from :func:`config_proxy` (or the tsh profile);
 4. the client: :mod:`jumpgate.core.client.snippets` and
    :func:`jumpgate.core.client.pgquery.run_query`.
 
@@ -18,7 +21,9 @@ Every file is written with :func:`jumpgate.core.fsutil.atomic_write`.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -324,7 +329,80 @@ WantedBy=multi-user.target
 """
 
 
-# --------------------------------------------------------------------------- writing
+# --------------------------------------------------------------------------- reading and writing
+def read_config(path: str) -> str | None:
+    """The text of the tbot.yaml at ``path``; None when there is no file there.
+
+    ``BadParameter`` when a file is there but cannot be read: the wizard must not
+    replace what it could not read.
+    """
+    if not path:
+        return None
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise BadParameter(
+            f"{path} is a directory", hint="give the path of the tbot.yaml file"
+        ) from None
+    except PermissionError:
+        raise BadParameter(
+            f"cannot read {path}: permission denied",
+            hint="run the dashboard as a user who can read it (e.g. root), or choose another path",
+        ) from None
+    except UnicodeDecodeError:
+        raise BadParameter(
+            f"{path} is not a text file", hint="give the path of a tbot.yaml"
+        ) from None
+    except OSError as exc:
+        raise BadParameter(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def config_proxy(path: str) -> str:
+    """The proxy address the tbot.yaml at ``path`` joins through ("" when none or unreadable)."""
+    try:
+        text = read_config(path)
+        return validate_tbot_yaml(text, path).address if text and text.strip() else ""
+    except JumpgateError:
+        return ""
+
+
+def write_config(form: OutputForm) -> str:
+    """Add the output to ``form.config_path`` as that file is *now*, or write a new config.
+
+    The file is read again here, right before the write, so whatever changed since
+    the wizard showed its preview (another output added, the file created or removed)
+    is merged rather than replaced; the write is atomic (temp file + rename, through
+    a symlink to its target) and keeps the file's mode (0600 for a new file).
+    Returns the text written.
+    """
+    path = form.config_path
+    for _ in range(3):
+        current = read_config(path)
+        new = current is None or not current.strip()
+        problems = form.problems(new_config=new)
+        if problems:
+            raise BadParameter(
+                f"{path} changed meanwhile: {problems[0]}",
+                hint="review step 2 and press Next again",
+            )
+        text = tbot_yaml(form, current)
+        validate_tbot_yaml(text, path)
+        if read_config(path) != current:
+            continue  # changed while we merged: merge into the newer text
+        target = Path(os.path.realpath(path)) if current is not None else Path(path)
+        mode = 0o600
+        if current is not None:
+            try:
+                mode = stat.S_IMODE(target.stat().st_mode)
+            except OSError:
+                mode = 0o600
+        write_text(target, text, mode=mode)
+        return text
+    raise BadParameter(f"{path} keeps changing", hint="try again once nothing else writes it")
+
+
 def write_text(path: str | Path, text: str, *, mode: int = 0o600) -> Path:
     """Write ``text`` atomically (temp file + rename), creating missing parent directories."""
     p = Path(path)

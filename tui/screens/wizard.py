@@ -4,12 +4,18 @@ Each step shows what it will create or write; Next validates the step, asks for
 confirmation, and only then acts (in a worker): (1) create the role and give it
 to the bot, (2) write tbot.yaml (and optionally run tbot once), (3) write the
 systemd unit and/or start the local proxy, (4) snippets and a test connection.
+
+Files are read in workers. Step 2 never replaces a tbot.yaml it has not read: Next
+waits for the read of the path in the form, and the write reads the file again and
+merges into what is there then. Step 3 takes the unit's ``--proxy`` (and the
+started proxy's) from the tbot.yaml, else the tsh profile, and refuses without one.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,18 @@ STEPS = ("RBAC", "tbot output", "Local proxy", "Client")
 NEXT_LABELS = ("Create role…", "Write tbot.yaml…", "Apply…", "Finish")
 
 
+class Unread(Enum):
+    """A tbot.yaml path whose read has not finished (distinct from "no file there")."""
+
+    NOT_READ = "not read"
+
+
+NOT_READ = Unread.NOT_READ
+
+#: What the wizard knows of a tbot.yaml: its text, None (no file), or why it can't be read.
+ConfigRead = str | None | JumpgateError
+
+
 class WizardScreen(Screen[None]):
     """Role → tbot output → local proxy → client, with Back/Next."""
 
@@ -46,7 +64,12 @@ class WizardScreen(Screen[None]):
         super().__init__()
         self.step = 1
         self.applied: dbsetup.RoleApplied | None = None
-        self.existing: dict[str, str | None] = {}
+        #: tbot.yaml path → what its last read found (no entry: not read yet)
+        self.existing: dict[str, ConfigRead] = {}
+        #: The config path whose read Next waits for (step 2)
+        self.next_when_read: str | None = None
+        #: Step 3's proxy address: None while it is looked up, "" when there is none
+        self.proxy_addr: str | None = None
         self.output: dbsetup.OutputForm | None = None
         self.proxy_form: dbsetup.ProxyForm | None = None
         self.started: StartedProxy | None = None
@@ -111,8 +134,12 @@ class WizardScreen(Screen[None]):
         self.query_one("#back", Button).disabled = step == 1
         self.query_one("#next", Button).label = NEXT_LABELS[step - 1]
         self.set_status("")
+        self.next_when_read = None
         if step == 2:
-            self.read_existing(forms.read_output(self).config_path)
+            self.reread(forms.read_output(self).config_path)
+        if step == 3:
+            self.proxy_addr = None
+            self.find_proxy((self.output or forms.read_output(self)).config_path)
         self.update_preview()
 
     def set_status(self, text: str, style: str = "") -> None:
@@ -131,10 +158,13 @@ class WizardScreen(Screen[None]):
         try:
             {1: self._next1, 2: self._next2, 3: self._next3, 4: self._next4}[self.step]()
         except JumpgateError as exc:
-            # a refusal of the form: said on the status line beside the buttons only; a
-            # toast would cover the Next button the user presses again after the fix
-            self.set_status(error_text(exc).replace("\n", " — "), "red")
-            self.app.bell()
+            self.refuse(exc)
+
+    def refuse(self, exc: JumpgateError) -> None:
+        """A refusal of the form: said on the status line beside the buttons only, with a
+        bell; a toast would cover the Next button the user presses again after the fix."""
+        self.set_status(error_text(exc).replace("\n", " — "), "red")
+        self.app.bell()
 
     @on(Button.Pressed, "#back")
     def _back_pressed(self) -> None:
@@ -169,7 +199,7 @@ class WizardScreen(Screen[None]):
     @on(Select.Changed)
     def _changed(self, event: Any) -> None:
         if getattr(event.control, "id", "") == "config-path":
-            self.read_existing(event.value.strip())
+            self.reread(event.value.strip())
         self.update_preview()
 
     def update_preview(self) -> None:
@@ -199,8 +229,12 @@ class WizardScreen(Screen[None]):
 
     def _preview_config(self) -> Text:
         form = forms.read_output(self)
-        existing = self.existing.get(form.config_path)
-        new = existing is None
+        existing = self.existing.get(form.config_path, NOT_READ)
+        if existing is NOT_READ:
+            return Text(f"{form.config_path} (reading…)", style="bold")
+        if isinstance(existing, JumpgateError):
+            raise existing
+        new = existing is None or not existing.strip()
         self.query_one("#new-config").display = new
         self.query_one("#new-help").display = new
         head = "new file" if new else "adds to the existing file"
@@ -218,13 +252,17 @@ class WizardScreen(Screen[None]):
             dbsetup.proxy_unit(
                 form,
                 config=out_form.config_path,
-                proxy=out_form.proxy_server or "PROXY:PORT",
+                proxy=self.proxy_addr or "PROXY:PORT",
                 destination=out_form.destination,
                 service=out_form.service or "SERVICE",
             )
         )
         out.append("\nthen: sudo systemctl enable --now " + Path(form.unit_path).stem + "\n", "dim")
-        for p in form.problems():
+        problems = form.problems()
+        if self.proxy_addr == "":
+            why = no_proxy(out_form.config_path)
+            problems.append(f"{why.message}: {why.hint}")
+        for p in problems:
             out.append(f"\n• {p}", "yellow")
         return out
 
@@ -293,25 +331,49 @@ class WizardScreen(Screen[None]):
         self._done(1, f"Role {form.name} {applied.role_action}; bot {applied.bot} {how}")
 
     # ------------------------------------------------------------------ step 2
+    def reread(self, path: str) -> None:
+        """Forget what ``path`` held and read it again (until then it counts as not read)."""
+        self.existing.pop(path, None)
+        self.read_existing(path)
+
     @work(thread=True, group="wizard-read")
     def read_existing(self, path: str) -> None:
-        """The current text of ``path`` (None when there is no file)."""
-        text: str | None
+        """The current text of ``path`` (None when there is no file, the error when it
+        cannot be read)."""
+        found: ConfigRead
         try:
-            text = Path(path).read_text() if path else None
-        except (FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError):
-            text = None
-        to_ui(self, self._existing_read, path, text)
+            found = dbsetup.read_config(path)
+        except JumpgateError as exc:
+            found = exc
+        to_ui(self, self._existing_read, path, found)
 
-    def _existing_read(self, path: str, text: str | None) -> None:
-        self.existing[path] = text
-        if self.step == 2:
-            self.update_preview()
+    def _existing_read(self, path: str, found: ConfigRead) -> None:
+        self.existing[path] = found
+        if self.step != 2:
+            return
+        self.update_preview()
+        # Next was pressed before this read finished: go on now, if the form still
+        # names this file and nothing else happened meanwhile
+        if (
+            self.next_when_read == path
+            and forms.read_output(self).config_path == path
+            and not self.busy
+            and self.app.screen is self
+        ):
+            self.next_when_read = None
+            self.action_next()
 
     def _next2(self) -> None:
         form = forms.read_output(self)
-        existing = self.existing.get(form.config_path)
-        problems = form.problems(new_config=existing is None)
+        existing = self.existing.get(form.config_path, NOT_READ)
+        if existing is NOT_READ:
+            # never decide "new file" before the read said so: wait for it
+            self.next_when_read = form.config_path
+            self.set_status(f"Reading {form.config_path}…")
+            return
+        if isinstance(existing, JumpgateError):
+            raise existing
+        problems = form.problems(new_config=existing is None or not existing.strip())
         if problems:
             raise BadParameter(problems[0], hint="; ".join(problems[1:]) or None)
         text = dbsetup.tbot_yaml(form, existing)
@@ -325,31 +387,50 @@ class WizardScreen(Screen[None]):
         )
 
     @work(thread=True, exclusive=True, group="wizard")
-    def write_config(self, form: dbsetup.OutputForm, text: str, run_once: bool) -> None:
-        """Write tbot.yaml atomically; optionally ``tbot start --oneshot`` in-process."""
+    def write_config(self, form: dbsetup.OutputForm, shown: str, run_once: bool) -> None:
+        """Write tbot.yaml atomically, merged into the file as it is now (``shown`` is what
+        the confirmation showed); optionally ``tbot start --oneshot`` in-process."""
         try:
-            dbsetup.write_text(form.config_path, text, mode=0o600)
+            written = dbsetup.write_config(form)
             if run_once:
                 run_bot_once(form.config_path)
-        except JumpgateError as exc:
-            to_ui(self, self._failed, exc)
-            return
-        except OSError as exc:
+        except (JumpgateError, OSError) as exc:
             to_ui(self, self._failed, exc)
             return
         if form.config_path not in self.state.options.configs:
             self.state.options.configs.append(form.config_path)
-        to_ui(self, self._config_written, form, run_once)
+        to_ui(self, self._config_written, form, run_once, written != shown)
 
-    def _config_written(self, form: dbsetup.OutputForm, ran: bool) -> None:
+    def _config_written(self, form: dbsetup.OutputForm, ran: bool, merged: bool) -> None:
         self.output = form
         self.existing.pop(form.config_path, None)
-        note = " and the credentials written" if ran else ""
+        note = " (merged with changes made to it meanwhile)" if merged else ""
+        note += " and the credentials written" if ran else ""
         self._done(2, f"Wrote {form.config_path}{note}")
 
     # ------------------------------------------------------------------ step 3
+    def proxy_address(self, config_path: str) -> str:
+        """In a worker: the proxy the tbot.yaml joins through, else the tsh profile's ("" if none)."""
+        addr = dbsetup.config_proxy(config_path)
+        if not addr:
+            try:
+                prof = self.state.profile()
+            except (JumpgateError, OSError):
+                prof = None
+            addr = prof.web_proxy_addr if prof is not None else ""
+        return addr
+
+    @work(thread=True, group="wizard-proxy")
+    def find_proxy(self, config_path: str) -> None:
+        """The proxy address for step 3's preview (file reads: in a worker)."""
+        to_ui(self, self._proxy_found, self.proxy_address(config_path))
+
+    def _proxy_found(self, addr: str) -> None:
+        self.proxy_addr = addr
+        if self.step == 3:
+            self.update_preview()
+
     def _next3(self) -> None:
-        out_form = self.output or forms.read_output(self)
         form = forms.read_proxy(self)
         problems = form.problems()
         if problems:
@@ -360,10 +441,38 @@ class WizardScreen(Screen[None]):
             self.proxy_form = form
             self.show_step(4)
             return
+        # the address is read again now (the tbot.yaml may have changed): in a worker
+        self.busy = True
+        self.set_status("Looking up the proxy address…")
+        self.check_proxy(self.output or forms.read_output(self), form, write_unit, start)
+
+    @work(thread=True, group="wizard-proxy")
+    def check_proxy(
+        self, out_form: dbsetup.OutputForm, form: dbsetup.ProxyForm, write_unit: bool, start: bool
+    ) -> None:
+        """Step 3's proxy address, then back to the UI to confirm (or refuse without one)."""
+        addr = self.proxy_address(out_form.config_path)
+        to_ui(self, self._confirm3, out_form, form, write_unit, start, addr)
+
+    def _confirm3(
+        self,
+        out_form: dbsetup.OutputForm,
+        form: dbsetup.ProxyForm,
+        write_unit: bool,
+        start: bool,
+        addr: str,
+    ) -> None:
+        self.busy = False
+        self._proxy_found(addr)
+        if not addr:
+            # never a unit with an empty --proxy=
+            self.refuse(no_proxy(out_form.config_path))
+            return
+        self.set_status("")
         unit = dbsetup.proxy_unit(
             form,
             config=out_form.config_path,
-            proxy=out_form.proxy_server,
+            proxy=addr,
             destination=out_form.destination,
             service=out_form.service,
         )
@@ -376,12 +485,17 @@ class WizardScreen(Screen[None]):
         self._confirm(
             " and ".join(what).capitalize() + "?",
             unit if write_unit else "",
-            lambda: self.apply_proxy(out_form, form, unit if write_unit else None, start),
+            lambda: self.apply_proxy(out_form, form, unit if write_unit else None, start, addr),
         )
 
     @work(thread=True, exclusive=True, group="wizard")
     def apply_proxy(
-        self, out: dbsetup.OutputForm, form: dbsetup.ProxyForm, unit: str | None, start: bool
+        self,
+        out: dbsetup.OutputForm,
+        form: dbsetup.ProxyForm,
+        unit: str | None,
+        start: bool,
+        proxy_addr: str,
     ) -> None:
         """Write the unit (0644, atomically) and/or start ``tbot proxy db`` in the dashboard."""
         try:
@@ -390,7 +504,7 @@ class WizardScreen(Screen[None]):
             started = None
             if start:
                 started = self.state.start_bot_proxy(
-                    proxy_addr=out.proxy_server or self._proxy_of(out),
+                    proxy_addr=proxy_addr,
                     destination=out.destination,
                     service=out.service,
                     port=form.port,
@@ -400,10 +514,6 @@ class WizardScreen(Screen[None]):
             to_ui(self, self._failed, exc)
             return
         to_ui(self, self._proxy_applied, form, unit is not None, started)
-
-    def _proxy_of(self, out: dbsetup.OutputForm) -> str:
-        cfg = dbsetup.validate_tbot_yaml(Path(out.config_path).read_text(), out.config_path)
-        return cfg.address
 
     def _proxy_applied(
         self, form: dbsetup.ProxyForm, wrote: bool, started: StartedProxy | None
@@ -444,6 +554,18 @@ class WizardScreen(Screen[None]):
     def _tested(self, text: str, style: str) -> None:
         self.test_result = text
         self.query_one("#test-result", Static).update(Text(text, style=style))
+
+
+def no_proxy(config_path: str) -> BadParameter:
+    """Why step 3 cannot go on: no proxy address in the tbot.yaml nor a tsh profile."""
+    return BadParameter(
+        f"no proxy address for the local proxy: {config_path or 'the tbot.yaml'} sets no "
+        "proxy_server and there is no tsh profile",
+        hint=(
+            "log in with tsh login --proxy=HOST:PORT, or set proxy_server: "
+            f"HOST:PORT in {config_path or 'the tbot.yaml'}, then press Next again"
+        ),
+    )
 
 
 def run_bot_once(config_path: str) -> None:
