@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from jumpgate.core.errors import JumpgateError
+
 app = typer.Typer(
     name="jumpgate",
     help="Jumpgate dashboard.",
@@ -41,9 +43,7 @@ def dashboard(
     if version:
         print(f"Jumpgate dashboard v{VERSION}")
         return
-    # Textual is imported only when the dashboard opens (--version and completion stay fast)
-    from jumpgate.tui.dashboard import DARK, LIGHT, JumpgateApp
-    from jumpgate.tui.state import DashboardState, Options
+    from jumpgate.tui.state import DashboardState, Options, check_inputs
 
     opts = Options(
         proxy=proxy,
@@ -53,21 +53,35 @@ def dashboard(
         proxies_dirs=list(proxies_dir),
         insecure=insecure,
     )
-    JumpgateApp(DashboardState(opts), theme=LIGHT if light else DARK).run()
+    try:  # before the terminal is taken over: a bad -c or --destination-dir stops here
+        check_inputs(opts)
+    except JumpgateError as exc:
+        _error(exc)
+        raise SystemExit(1) from None
+    # Textual is imported only when the dashboard opens (--version and completion stay fast)
+    from jumpgate.tui.dashboard import DARK, LIGHT, JumpgateApp
+
+    dash = JumpgateApp(DashboardState(opts), theme=LIGHT if light else DARK)
+    dash.run()
+    if dash.return_code:  # 128 + the signal number after SIGTERM/SIGHUP
+        raise SystemExit(dash.return_code)
+
+
+def _error(exc: JumpgateError) -> None:
+    """The message, and the hint on the next line, as the other command-line tools print them."""
+    import sys
+
+    print(f"ERROR: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(exc.hint, file=sys.stderr)
 
 
 def main() -> None:
     """Console-script entry point: errors print their message and hint, never a traceback."""
-    import sys
-
-    from jumpgate.core.errors import JumpgateError
-
     try:
         app(prog_name="jumpgate")
     except JumpgateError as exc:
-        print(f"ERROR: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(exc.hint, file=sys.stderr)
+        _error(exc)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

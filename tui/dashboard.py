@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from collections.abc import Iterable
 from functools import partial
+from typing import Any
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -32,6 +36,11 @@ SCREENS: dict[str, tuple[type[Screen[None]], str, str]] = {
 
 DARK, LIGHT = "textual-dark", "textual-light"
 
+#: Signals that end the dashboard cleanly (Ctrl-C is a key binding inside Textual)
+EXIT_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
 
 class JumpgateApp(App[None]):
     """``jumpgate``: databases, apps, the setup wizard, certificates, local proxies, audit."""
@@ -57,6 +66,31 @@ class JumpgateApp(App[None]):
         #: on the screen stack by then
         self.login_checked = False
 
+    async def run_async(self, *, headless: bool = False, **kwargs: Any) -> None:
+        """Run in a terminal; SIGTERM and SIGHUP end the app as ``q`` does, so the terminal is
+        restored (alternate screen left, mouse reporting off) and the local proxies started
+        here stop. The exit status is then 128 + the signal's number, as a shell reports it."""
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if not headless:
+            for sig in EXIT_SIGNALS:
+                try:
+                    loop.add_signal_handler(sig, self._signalled, sig)
+                except (ValueError, NotImplementedError, RuntimeError):
+                    continue  # not the main thread, or no such signal here
+                installed.append(sig)
+        try:
+            return await super().run_async(headless=headless, **kwargs)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _signalled(self, sig: signal.Signals) -> None:
+        # once is enough: should the clean exit hang, the same signal again ends the process
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(sig)
+        self.exit(return_code=128 + sig.value)
+
     def on_mount(self) -> None:
         """Offer to log in when there is no profile and no tbot to watch."""
         self._check_login()
@@ -65,12 +99,12 @@ class JumpgateApp(App[None]):
     def _check_login(self) -> None:
         opts = self.state.options
         offer = not (opts.configs or opts.destination_dirs or self.state.profile() is not None)
-        to_ui(self, self._login_checked, offer)
+        defaults = self.state.login_defaults() if offer else None
+        to_ui(self, self._login_checked, defaults)
 
-    def _login_checked(self, offer: bool) -> None:
-        # the user may have opened the login dialog (L) before the check came back: one is enough
-        if offer and not any(isinstance(s, LoginScreen) for s in self.screen_stack):
-            self.action_login()
+    def _login_checked(self, defaults: tuple[str, str] | None) -> None:
+        if defaults is not None:
+            self._show_login(*defaults)
         self.login_checked = True
 
     def action_toggle_theme(self) -> None:
@@ -79,12 +113,24 @@ class JumpgateApp(App[None]):
 
     def action_login(self) -> None:
         """``tsh login`` in a dialog; every screen reloads after a successful login."""
+        self._login_defaults()
+
+    @work(thread=True, group="login-defaults")
+    def _login_defaults(self) -> None:
+        """The dialog's proxy and user come from the profile on disk: read here, not in compose."""
+        to_ui(self, self._show_login, *self.state.login_defaults())
+
+    def _show_login(self, proxy: str, user: str) -> None:
+        # the user may have opened the login dialog (L) before the start-up check came back,
+        # or pressed L twice: one dialog is enough
+        if any(isinstance(s, LoginScreen) for s in self.screen_stack):
+            return
 
         def done(ok: bool | None) -> None:
             if ok:
                 self.refresh_screens()
 
-        self.push_screen(LoginScreen(self.state), done)
+        self.push_screen(LoginScreen(self.state, proxy=proxy, user=user), done)
 
     def refresh_screens(self) -> None:
         """Ask the current screen to reload its data."""

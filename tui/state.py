@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jumpgate.core.errors import AccessDenied, JumpgateError
+from jumpgate.core.errors import AccessDenied, BadParameter, JumpgateError
 
 if TYPE_CHECKING:
     from jumpgate.core.auth.client import AuthClient
@@ -36,6 +36,35 @@ class Options:
     proxies_dirs: list[str] = field(default_factory=list)
     insecure: bool = False
     home: str | None = None
+
+
+def check_inputs(options: Options) -> None:
+    """Refuse a ``-c`` that tbot could not load, or a ``--destination-dir`` that is not a
+    readable directory (the dashboard checks them before it takes over the terminal).
+
+    The config errors are the loader's own (the same message and hint as ``tbot -c``).
+    """
+    from jumpgate.core.bot.config import load_config
+
+    for path in options.configs:
+        load_config(path)
+    for d in options.destination_dirs:
+        p = Path(d)
+        if not p.exists():
+            raise BadParameter(
+                f"the tbot destination directory {p} does not exist",
+                hint="check the path, or run tbot (tbot start -c tbot.yaml) to create it",
+            )
+        if not p.is_dir():
+            raise BadParameter(
+                f"the tbot destination {p} is not a directory",
+                hint="pass the directory tbot writes to (the destination's path)",
+            )
+        if not os.access(p, os.R_OK | os.X_OK):
+            raise BadParameter(
+                f"the tbot destination directory {p} cannot be read",
+                hint="run jumpgate as a user who can read it (the bot's user or group)",
+            )
 
 
 @dataclass
@@ -71,6 +100,16 @@ class DashboardState:
         """The profile ``--proxy``/``--user`` select, else the current one."""
         return self.store.find(self.options.proxy, self.options.user)
 
+    def login_defaults(self) -> tuple[str, str]:
+        """The proxy and user the login dialog starts with: the options, else the profile's,
+        else the local user name (no proxy)."""
+        import getpass
+
+        prof = self.profile()
+        proxy = self.options.proxy or (prof.web_proxy_addr if prof else "")
+        user = self.options.user or (prof.user if prof else "") or getpass.getuser()
+        return proxy, user
+
     def require_profile(self) -> Profile:
         """The profile, valid; AccessDenied with the login hint otherwise."""
         prof = self.profile()
@@ -90,43 +129,15 @@ class DashboardState:
         return list_databases(self.require_profile())
 
     def apps(self) -> list[dict[str, Any]]:
-        """The applications the user can see (``app_server`` resources, or the app client's list)."""
+        """The applications the user can see (``tsh apps ls`` as data), each with its URL."""
+        from jumpgate.core.client.appclient import list_apps, public_url
+
         prof = self.require_profile()
-        try:
-            from jumpgate.core.client import appclient
-
-            lister = getattr(appclient, "list_apps", None)
-        except ImportError:
-            lister = None
-        if lister is not None:
-            apps = [a for a in lister(prof) if isinstance(a, dict)]
-            url_of = getattr(appclient, "public_url", None)
-            for a in apps:
-                if url_of is not None and a.get("public_addr"):
-                    a["url"] = url_of(prof, str(a["public_addr"]))
-            return apps
-        from jumpgate.core.client.dbclient import _client
-
-        client = _client(prof)
-        try:
-            servers = client.call("resources.get", kind="app_server") or []
-        finally:
-            client.close()
-        out: dict[str, dict[str, Any]] = {}
-        for s in servers:
-            app = ((s or {}).get("spec") or {}).get("app") or {}
-            meta = app.get("metadata") or {}
-            spec = app.get("spec") or {}
-            name = str(meta.get("name") or "")
-            if name:
-                out[name] = {
-                    "name": name,
-                    "description": meta.get("description", ""),
-                    "labels": meta.get("labels") or {},
-                    "public_addr": spec.get("public_addr", ""),
-                    "uri": spec.get("uri", ""),
-                }
-        return [out[k] for k in sorted(out)]
+        apps = [a for a in list_apps(prof) if isinstance(a, dict)]
+        for a in apps:
+            if a.get("public_addr"):
+                a["url"] = public_url(prof, str(a["public_addr"]))
+        return apps
 
     # ------------------------------------------------------------------ tbot
     def bot_configs(self) -> list[tuple[str, BotConfig | None, str]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on, work
@@ -24,6 +25,9 @@ from jumpgate.tui.widgets.resource_table import ResourceTable, Row, make_row
 from jumpgate.tui.widgets.timefmt import countdown
 from jumpgate.tui.workers import to_ui
 
+if TYPE_CHECKING:
+    from jumpgate.core.tlsca import RouteToDatabase
+
 COLUMNS = [
     ("Name", 32),
     ("Protocol", 12),
@@ -32,6 +36,8 @@ COLUMNS = [
     ("Allowed users", 24),
     ("Allowed names", 24),
 ]
+#: Seconds between two reads of the profile certificate's expiry (the countdown ticks each second)
+EXPIRY_REREAD = 5.0
 
 
 def _go_list(values: Any) -> str:
@@ -41,6 +47,35 @@ def _go_list(values: Any) -> str:
 def _single(values: Any) -> str:
     vals = [str(v) for v in values or []]
     return vals[0] if len(vals) == 1 and "*" not in vals[0] and "{{" not in vals[0] else ""
+
+
+def not_after(prof: Profile | None) -> datetime | None:
+    """When the profile's certificate expires; None when it cannot be read (reads a file)."""
+    if prof is None:
+        return None
+    try:
+        return prof.valid_until
+    except (JumpgateError, OSError, ValueError):
+        return None
+
+
+def read_route(prof: Profile, name: str) -> RouteToDatabase | None:
+    """The route of an earlier ``tsh db login`` to ``name`` (reads its certificate)."""
+    from jumpgate.core.client.dbclient import db_route
+
+    try:
+        return db_route(prof, name)
+    except (JumpgateError, OSError, ValueError):
+        return None
+
+
+def read_routes(prof: Profile) -> dict[str, RouteToDatabase | None]:
+    """The routes of every database certificate on disk (reads them)."""
+    try:
+        names = prof.databases()
+    except OSError:
+        return {}
+    return {name: read_route(prof, name) for name in names}
 
 
 def database_rows(dbs: list[dict[str, Any]]) -> list[Row]:
@@ -87,6 +122,10 @@ class DatabasesScreen(Screen[None]):
         self.profile: Profile | None = None
         #: The database in the details pane
         self._shown: str | None = None
+        # Read from disk in workers only (the UI thread formats them): the profile
+        # certificate's expiry, and the route of each database certificate on disk
+        self._not_after: datetime | None = None
+        self._routes: dict[str, RouteToDatabase | None] = {}
 
     @property
     def state(self) -> DashboardState:
@@ -108,6 +147,8 @@ class DatabasesScreen(Screen[None]):
         self.query_one("#dbs", ResourceTable).focus()
         self.action_refresh()
         self.set_interval(1.0, self._tick)
+        # a certificate renewed elsewhere (tsh login) shows in the countdown
+        self.set_interval(EXPIRY_REREAD, self._reread_expiry)
 
     # ------------------------------------------------------------------ data
     def action_refresh(self) -> None:
@@ -125,22 +166,52 @@ class DatabasesScreen(Screen[None]):
             rows = database_rows(dbs)
         except JumpgateError as exc:
             if not worker.is_cancelled:
-                to_ui(self, self._failed, exc, self.state.profile())
+                failed = self.state.profile()
+                routes = read_routes(failed) if failed is not None else {}
+                to_ui(self, self._failed, exc, failed, not_after(failed), routes)
             return
+        expiry, routes = not_after(prof), read_routes(prof)
         if not worker.is_cancelled:
-            to_ui(self, self._loaded, prof, dbs, rows)
+            to_ui(self, self._loaded, prof, dbs, rows, expiry, routes)
 
-    def _failed(self, exc: JumpgateError, prof: Profile | None) -> None:
-        self.profile = prof
+    def _failed(
+        self,
+        exc: JumpgateError,
+        prof: Profile | None,
+        expiry: datetime | None,
+        routes: dict[str, RouteToDatabase | None],
+    ) -> None:
+        self.profile, self._not_after, self._routes = prof, expiry, routes
         self.query_one("#count", Static).update(Text(exc.message, style="red"))
         if prof is not None:  # logged out: the profile bar says so and the login is offered
             notify_error(self.app, exc)
         self._tick()
 
-    def _loaded(self, prof: Profile, dbs: list[dict[str, Any]], rows: list[Row]) -> None:
-        self.profile = prof
+    def _loaded(
+        self,
+        prof: Profile,
+        dbs: list[dict[str, Any]],
+        rows: list[Row],
+        expiry: datetime | None,
+        routes: dict[str, RouteToDatabase | None],
+    ) -> None:
+        self.profile, self._not_after, self._routes = prof, expiry, routes
         self._shown = None  # the snippets depend on the profile
         self.show_databases(dbs, rows)
+
+    def _reread_expiry(self) -> None:
+        if self.profile is not None:
+            self._read_expiry(self.profile)
+
+    @work(thread=True, exclusive=True, group="databases-expiry")
+    def _read_expiry(self, prof: Profile) -> None:
+        expiry = not_after(prof)
+        to_ui(self, self._expiry_read, prof, expiry)
+
+    def _expiry_read(self, prof: Profile, expiry: datetime | None) -> None:
+        if prof is self.profile and expiry != self._not_after:
+            self._not_after = expiry
+            self._tick()
 
     def show_databases(self, dbs: list[dict[str, Any]], rows: list[Row] | None = None) -> None:
         """Fill the table (the one data path, from the cluster or a benchmark).
@@ -161,16 +232,16 @@ class DatabasesScreen(Screen[None]):
         self.query_one("#count", Static).update(text)
 
     def _tick(self) -> None:
+        """The profile bar's countdown (from the expiry the workers read: no file here)."""
         prof = self.profile
         bar = self.query_one("#profile-bar", Static)
         if prof is None:
             bar.update(Text("Not logged in: press L to log in", style="bold red"))
             return
-        try:
-            left = prof.valid_for()
-        except JumpgateError:
+        if self._not_after is None:
             bar.update(Text(f"{prof.user}@{prof.web_proxy_addr}: certificate missing"))
             return
+        left = self._not_after - datetime.now(UTC)
         style = "green" if left.total_seconds() > 600 else "bold red"
         bar.update(
             Text.assemble(
@@ -208,6 +279,23 @@ class DatabasesScreen(Screen[None]):
         self._shown = key
         details = self.query_one("#details", Static)
         details.update("No database matches." if key is None else self.details_text(key))
+        if key is not None and self.profile is not None:
+            # a `tsh db login` since the load changes the snippets' user and name
+            self._read_route(self.profile, key)
+
+    @work(thread=True, exclusive=True, group="databases-route")
+    def _read_route(self, prof: Profile, name: str) -> None:
+        route = read_route(prof, name)
+        if not get_current_worker().is_cancelled:
+            to_ui(self, self._route_read, prof, name, route)
+
+    def _route_read(self, prof: Profile, name: str, route: RouteToDatabase | None) -> None:
+        """A route read in a worker: cached, and the details redrawn when it changed them."""
+        if prof is not self.profile or self._routes.get(name) == route:
+            return
+        self._routes[name] = route
+        if self._shown == name:
+            self.query_one("#details", Static).update(self.details_text(name))
 
     def _conn(self, name: str) -> snippets.ConnParams | None:
         """Connection parameters through a local proxy (a running one when there is one)."""
@@ -215,9 +303,7 @@ class DatabasesScreen(Screen[None]):
         db = self.dbs.get(name)
         if prof is None or db is None:
             return None
-        from jumpgate.core.client.dbclient import db_route
-
-        route = db_route(prof, name)
+        route = self._routes.get(name)
         user = route.username if route else _single(db.get("allowed_users")) or "USER"
         dbname = route.database if route else _single(db.get("allowed_names")) or "DATABASE"
         running = next((s for s in self.state.started if s.target == name), None)
@@ -282,6 +368,20 @@ class DatabasesScreen(Screen[None]):
         name = self._selected()
         if name is None:
             return
+        if self.profile is None:
+            self._connect_dialog(name)
+        else:  # the dialog offers the route of an earlier `tsh db login`: read it first
+            self._connect_route(self.profile, name)
+
+    @work(thread=True, exclusive=True, group="databases-connect")
+    def _connect_route(self, prof: Profile, name: str) -> None:
+        route = read_route(prof, name)
+        if not get_current_worker().is_cancelled:
+            to_ui(self, self._route_read, prof, name, route)
+            to_ui(self, self._connect_dialog, name)
+
+    def _connect_dialog(self, name: str) -> None:
+        """The options dialog, then ``tsh db connect`` in the suspended terminal."""
         db = self.dbs.get(name, {})
         from jumpgate.tui.screens.dialogs import DbOptionsScreen
 
@@ -312,15 +412,13 @@ class DatabasesScreen(Screen[None]):
             except Exception as exc:  # SuspendNotSupported in a headless run
                 notify_error(self.app, exc)
                 return
+            if self.profile is not None:  # tsh db connect logs in to the database
+                self._read_route(self.profile, name)
             if rc:
                 self.notify(f"tsh db connect exited with {rc}", severity="warning")
 
         # the route of an earlier `tsh db login`, else the one user/name the roles allow
-        route = None
-        if self.profile is not None:
-            from jumpgate.core.client.dbclient import db_route
-
-            route = db_route(self.profile, name)
+        route = self._routes.get(name) if self.profile is not None else None
         self.app.push_screen(
             DbOptionsScreen(
                 f"Connect to {name} (tsh db connect)",
@@ -366,7 +464,11 @@ class DatabasesScreen(Screen[None]):
         except JumpgateError as exc:
             to_ui(self, notify_error, self.app, exc)
             return
+        prof = self.profile
+        route = read_route(prof, name) if prof is not None else None  # logged in to it now
         to_ui(self, self._proxy_started, name, started.host, started.port, started.mode)
+        if prof is not None:
+            to_ui(self, self._route_read, prof, name, route)
 
     def _proxy_started(self, name: str, host: str, port: int, mode: str) -> None:
         self.notify(f"Local proxy for {name} on {host}:{port} ({mode} mode)", title="Started")
@@ -378,6 +480,19 @@ class DatabasesScreen(Screen[None]):
         name = self._selected()
         if name is None:
             return
+        if self.profile is None:
+            self._copy(name)
+        else:  # the string names the user and database of an earlier `tsh db login`
+            self._copy_route(self.profile, name)
+
+    @work(thread=True, exclusive=True, group="databases-copy")
+    def _copy_route(self, prof: Profile, name: str) -> None:
+        route = read_route(prof, name)
+        if not get_current_worker().is_cancelled:
+            to_ui(self, self._route_read, prof, name, route)
+            to_ui(self, self._copy, name)
+
+    def _copy(self, name: str) -> None:
         p = self._conn(name)
         if p is None:
             self.notify("Log in first (L).", severity="warning")

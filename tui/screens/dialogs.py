@@ -44,10 +44,12 @@ class DbOptionsScreen(ModalScreen[dict[str, Any] | None]):
     """Database user and name, and for a local proxy: port and tunnel mode."""
 
     CSS_PATH = Path(__file__).with_name("dialogs.tcss")
+    # the arrows are priority bindings: checked as each key arrives, so the characters typed
+    # right after one (type-ahead, a paste) land in the field it moved to, not the one before
     BINDINGS = [
         Binding("escape", "dismiss(None)", "Cancel"),
-        Binding("down", "app.focus_next", "Next field", show=False),
-        Binding("up", "app.focus_previous", "Previous field", show=False),
+        Binding("down", "app.focus_next", "Next field", show=False, priority=True),
+        Binding("up", "app.focus_previous", "Previous field", show=False, priority=True),
     ]
 
     def __init__(

@@ -30,9 +30,13 @@ class LoginScreen(ModalScreen[bool]):
     #: the first input, so keys and screenshots could land on either field)
     AUTO_FOCUS = "Input.first-field"
 
-    def __init__(self, state: DashboardState) -> None:
+    def __init__(self, state: DashboardState, *, proxy: str = "", user: str = "") -> None:
+        """``proxy`` and ``user`` fill the form (:meth:`DashboardState.login_defaults`, read
+        in a worker: nothing here touches the disk)."""
         super().__init__()
         self.state = state
+        self.proxy = proxy
+        self.user = user
         #: The last progress or error text shown under the form
         self.message = ""
 
@@ -41,11 +45,7 @@ class LoginScreen(ModalScreen[bool]):
         self.query_one("#detail", Static).update(text)
 
     def compose(self) -> ComposeResult:
-        import getpass
-
-        prof = self.state.profile()
-        proxy = self.state.options.proxy or (prof.web_proxy_addr if prof else "")
-        user = self.state.options.user or (prof.user if prof else "") or getpass.getuser()
+        proxy, user = self.proxy, self.user
         # decided once, here: the password when the proxy is known, else the proxy
         first = "password" if proxy else "proxy"
         with Vertical(id="dialog"):
