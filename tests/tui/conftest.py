@@ -136,6 +136,17 @@ def ready(screen: Any) -> bool:
     return focused is None or focused.screen is screen
 
 
+async def shown(pilot: Any, cls: type, what: str, timeout: float = 30.0) -> Any:
+    """Wait until a ``cls`` screen is on top with its widgets mounted; return it.
+
+    A pushed screen is ``app.screen`` before its children are composed, so a query
+    made the moment it appears can find nothing.
+    """
+    app = pilot.app
+    await until(pilot, lambda: isinstance(app.screen, cls) and ready(app.screen), what, timeout)
+    return app.screen
+
+
 async def started(pilot: Any) -> None:
     """The app's start-up is over: the login check answered, and its dialog (if it offered
     one) is up and takes keys. Keys pressed before that could land under the dialog."""

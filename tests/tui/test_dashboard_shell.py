@@ -20,7 +20,7 @@ from jumpgate.tui.screens.login import LoginScreen
 from jumpgate.tui.screens.proxies import ProxiesScreen
 from jumpgate.tui.state import DashboardState, Options
 from tests.integration.conftest import Cluster, cli_env
-from tests.tui.conftest import SIZE, decline_login, ready, run_async, until
+from tests.tui.conftest import SIZE, decline_login, ready, run_async, shown, until
 from tests.tui.test_tmux_e2e import JUMPGATE, TMUX_ENV, Tmux, pane_command
 
 
@@ -220,20 +220,20 @@ def test_command_palette_commands_switch_screens_theme_and_open_login(
         async with app.run_test(size=SIZE) as pilot:
             await decline_login(pilot)
             await _run_command(pilot, "Go to Local proxies")
-            await until(pilot, lambda: isinstance(app.screen, ProxiesScreen), "the proxies")
+            await shown(pilot, ProxiesScreen, "the proxies")
             assert app.current_mode == "proxies"
             assert app.theme != LIGHT
             await _run_command(pilot, "Toggle light/dark")
             await until(pilot, lambda: app.theme == LIGHT, "the light theme")
             await _run_command(pilot, "Log in")
-            await until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login dialog")
+            await shown(pilot, LoginScreen, "the login dialog")
             login = app.screen
             # filled in from the options (read in a worker), the password field first
             assert login.query_one("#proxy").value == "proxy.example.com:443"  # type: ignore[attr-defined]
             assert login.query_one("#user").value == "alice"  # type: ignore[attr-defined]
             await until(pilot, lambda: app.focused is login.query_one("#password"), "focus")
             await pilot.press("escape")
-            await until(pilot, lambda: isinstance(app.screen, ProxiesScreen), "the proxies again")
+            await shown(pilot, ProxiesScreen, "the proxies again")
             await _run_command(pilot, "Go to Databases")
             await until(pilot, lambda: app.current_mode == "databases", "the databases")
 

@@ -19,7 +19,16 @@ from jumpgate.tui.screens.proxies import ProxiesScreen
 from jumpgate.tui.state import DashboardState, Options
 from jumpgate.tui.widgets.resource_table import ResourceTable
 from tests.integration.conftest import Cluster, cli_env
-from tests.tui.conftest import SIZE, decline_login, doc_shot, run_async, started, switch, until
+from tests.tui.conftest import (
+    SIZE,
+    decline_login,
+    doc_shot,
+    run_async,
+    shown,
+    started,
+    switch,
+    until,
+)
 
 TSH = str(Path(sys.executable).parent / "tsh")
 
@@ -85,7 +94,7 @@ def test_local_proxy_started_from_the_dashboard_carries_a_query(
             table = app.screen.query_one("#dbs", ResourceTable)
             await until(pilot, lambda: bool(table.rows), "the database list")
             await pilot.press("s")
-            await until(pilot, lambda: isinstance(app.screen, DbOptionsScreen), "the dialog")
+            await shown(pilot, DbOptionsScreen, "the dialog")
             dialog = app.screen
             ok = dialog.query_one("#ok")
             await until(pilot, lambda: ok.region.area > 0, "the dialog's layout")
@@ -163,7 +172,7 @@ def test_tls_mode_local_proxy_carries_a_query_and_y_copies_its_connection_string
             table = screen.query_one("#dbs", ResourceTable)
             await until(pilot, lambda: bool(table.rows), "the database list")
             await pilot.press("s")
-            await until(pilot, lambda: isinstance(app.screen, DbOptionsScreen), "the dialog")
+            await shown(pilot, DbOptionsScreen, "the dialog")
             dialog = app.screen
             await until(pilot, lambda: app.focused is dialog.query_one("#db-user"), "focus")
             await pilot.press(*"alice", "down", *"example")
@@ -276,7 +285,7 @@ def test_click_moves_the_cursor_and_double_click_opens_connect(tmp_path: Path) -
             assert not isinstance(app.screen, DbOptionsScreen)  # one click selects nothing
             # a double click connects: the options dialog for that database
             await pilot.double_click("#dbs", offset=(3, 5))
-            await until(pilot, lambda: isinstance(app.screen, DbOptionsScreen), "the dialog")
+            await shown(pilot, DbOptionsScreen, "the dialog")
             dialog = app.screen
             key = f"db-{top + 4:05d}"
             assert table.current is not None and table.current.key == key

@@ -27,7 +27,17 @@ from tests.conftest import free_port
 from tests.integration.conftest import Cluster, cli_env, parse_status
 from tests.integration.dbhelpers import PASSWORD, invite_user
 from tests.integration.test_tbot import DB_ROLE, TBOT, add_bot, db_output, seed_config, tbot
-from tests.tui.conftest import APP, SIZE, doc_shot, login_offer, run_async, started, switch, until
+from tests.tui.conftest import (
+    APP,
+    SIZE,
+    doc_shot,
+    login_offer,
+    run_async,
+    shown,
+    started,
+    switch,
+    until,
+)
 
 
 @pytest.fixture
@@ -236,7 +246,7 @@ def test_login_dialog_logs_in_with_the_tsh_login_steps(
             await until(pilot, lambda: "invalid" in login.message, f"the refusal ({login.message})")  # type: ignore[attr-defined]
             login.query_one("#password").value = PASSWORD  # type: ignore[attr-defined]
             await pilot.click("#ok")
-            await until(pilot, lambda: isinstance(app.screen, DatabasesScreen), "the login")
+            await shown(pilot, DatabasesScreen, "the login")
             table = app.screen.query_one("#dbs", ResourceTable)
             await until(pilot, lambda: [r.key for r in table.rows] == ["pg"], "the databases")
             assert not isinstance(app.screen, ConfirmScreen)

@@ -25,6 +25,7 @@ from tests.tui.conftest import (
     doc_shot,
     no_blink,
     run_async,
+    shown,
     started,
     switch,
     until,
@@ -49,12 +50,31 @@ async def _click(pilot: Any, screen: WizardScreen, button_id: str) -> None:
     await pilot.click(f"#{button_id}")
 
 
+async def _tick(pilot: Any, screen: WizardScreen, box_id: str) -> None:
+    """Tick a checkbox with a click, and see it ticked (a toast over it would take the click)."""
+    box = screen.query_one(f"#{box_id}", Checkbox)
+    assert not box.value, f"{box_id} is already ticked"
+    pilot.app.clear_notifications()
+    await until(pilot, lambda: box.region.area > 0 and not pilot.app._notifications, "the box")
+    await pilot.click(f"#{box_id}")
+    await until(pilot, lambda: box.value, f"the {box_id} box to be ticked")
+
+
+async def _press_test(pilot: Any, screen: WizardScreen) -> None:
+    """Click Test connection with no toast over it."""
+    pilot.app.clear_notifications()
+    await until(pilot, lambda: not pilot.app._notifications, "the toasts to go")
+    await _click(pilot, screen, "test")
+
+
 async def _click_next(pilot: Any, screen: WizardScreen) -> None:
     await _click(pilot, screen, "next")
 
 
 async def _yes(pilot: Any, app: JumpgateApp, screen: WizardScreen, step: int) -> None:
     """Confirm the dialog that is up; the step done (the next one shown) or its error said."""
+    # the dialog is the screen before its buttons are mounted: wait for them, then layout
+    await until(pilot, lambda: len(app.screen.query("#yes")) > 0, "the dialog's buttons")
     yes = app.screen.query_one("#yes")
     await until(pilot, lambda: yes.region.area > 0, "the dialog's layout")
     await pilot.click("#yes")
@@ -70,7 +90,7 @@ async def _yes(pilot: Any, app: JumpgateApp, screen: WizardScreen, step: int) ->
 
 async def _next_and_confirm(pilot: Any, app: JumpgateApp, screen: WizardScreen, step: int) -> None:
     await _click_next(pilot, screen)
-    await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), f"the step {step} dialog")
+    await shown(pilot, ConfirmScreen, f"the step {step} dialog")
     await _yes(pilot, app, screen, step)
 
 
@@ -153,7 +173,7 @@ def test_whole_path_ends_with_a_successful_test_connection(
             await _next_and_confirm(pilot, app, screen, 2)
             # step 3: the seed's unit file, and the proxy started now in tunnel mode
             await _fill(screen, port=str(port), unit_path=str(unit))
-            await pilot.click("#tunnel")
+            await _tick(pilot, screen, "tunnel")
             preview3 = screen.query_one("#preview3")
             await until(pilot, lambda: "--tunnel pg" in str(preview3.render()), "the tunnel unit")
             no_blink(app)
@@ -162,7 +182,7 @@ def test_whole_path_ends_with_a_successful_test_connection(
             # step 4: snippets with the real paths, and the test connection
             snippets = str(screen.query_one("#preview4").render())
             assert f"port={port}" in snippets and "dbname=example" in snippets
-            await pilot.click("#test")
+            await _press_test(pilot, screen)
             await until(pilot, lambda: bool(screen.test_result), "the test connection", timeout=60)
             assert screen.test_result.startswith("Connected as alice to example"), (
                 screen.test_result
@@ -215,7 +235,8 @@ def test_validation_and_nothing_written_without_confirmation(
             # the refusals are said beside the buttons, not in toasts over the Next button
             assert not app._notifications
             await _click_next(pilot, screen)
-            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the dialog")
+            await shown(pilot, ConfirmScreen, "the dialog")
+            await until(pilot, lambda: len(app.screen.query("#no")) > 0, "the dialog's buttons")
             no = app.screen.query_one("#no")
             await until(pilot, lambda: no.region.area > 0, "the dialog's layout")
             await pilot.click("#no")  # cancel: nothing happens
@@ -280,7 +301,7 @@ def test_existing_bot_and_tbot_yaml_whole_path(
             # no "new file" decided before the read: the wizard waits for it
             assert not isinstance(app.screen, ConfirmScreen)
             assert "Reading" in _status(screen)
-            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the dialog")
+            await shown(pilot, ConfirmScreen, "the dialog")
             # another output added while the confirmation is up
             doc = yaml.safe_load(config.read_text())
             doc["services"].append(later)
@@ -288,9 +309,9 @@ def test_existing_bot_and_tbot_yaml_whole_path(
             await _yes(pilot, app, screen, 2)
             # step 3: the unit's --proxy is the tbot.yaml's; the proxy started in tunnel mode
             await _fill(screen, port=str(port), unit_path=str(unit))
-            await pilot.click("#tunnel")
+            await _tick(pilot, screen, "tunnel")
             await _next_and_confirm(pilot, app, screen, 3)
-            await pilot.click("#test")
+            await _press_test(pilot, screen)
             await until(pilot, lambda: bool(screen.test_result), "the test connection", timeout=60)
             assert screen.test_result.startswith("Connected as alice to example"), (
                 screen.test_result
@@ -370,7 +391,7 @@ def test_back_keeps_each_steps_values(
             assert not screen.query_one("#run-once", Checkbox).value
             await _next_and_confirm(pilot, app, screen, 2)
             await _fill(screen, port="23456")
-            await pilot.click("#tunnel")
+            await _tick(pilot, screen, "tunnel")
             await _click(pilot, screen, "back")
             await until(pilot, lambda: screen.step == 2, "step 2")
             assert screen.query_one("#service", Input).value == "pg"
