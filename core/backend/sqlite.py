@@ -105,6 +105,9 @@ def _dt(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
+#: From this many rows written in one transaction its read-back filters by prefix in SQL
+#: (``bench/sqlite_watch.py``: dearer than a plain read for one row, cheaper for 32).
+_FILTER_FROM_ROWS = 8
 #: Above this many distinct watched prefixes the event query reads every row.
 _MAX_FILTER_PREFIXES = 32
 
@@ -273,8 +276,12 @@ class SQLiteBackend(Backend):
             raise ConnectionProblem(f"backend {self.path}: {exc}", hint=hint) from exc
 
     @contextlib.contextmanager
-    def _txn(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (caller holds ``self._lock``); polls watchers after."""
+    def _txn(self, rows: int = 1) -> Iterator[sqlite3.Connection]:
+        """A write transaction (caller holds ``self._lock``); polls watchers after.
+
+        ``rows``: about how many events the write adds (a batch's size), which
+        picks the cheaper way to read them back (see :meth:`_poll_locked`).
+        """
         conn = self._checked()
         with self._guard():
             conn.execute("BEGIN IMMEDIATE")
@@ -287,7 +294,7 @@ class SQLiteBackend(Backend):
                 raise
         try:
             with self._guard():
-                self._poll_locked()
+                self._poll_locked(filtered=rows >= _FILTER_FROM_ROWS)
         except JumpgateError as exc:  # the write itself succeeded; the poller retries
             log.warning("%s: delivering events failed: %s", self.path, exc)
 
@@ -372,7 +379,7 @@ class SQLiteBackend(Backend):
         checked = [check_item(i) for i in items]
         if not checked:
             return []
-        with self._lock, self._txn() as conn:
+        with self._lock, self._txn(len(checked)) as conn:
             first = self._bump(conn, len(checked))
             stored = [Item(i.key, i.value, i.expires, first + n) for n, i in enumerate(checked)]
             rows = [(i.key, i.value, _ts(i.expires), i.revision) for i in stored]
@@ -478,11 +485,17 @@ class SQLiteBackend(Backend):
             self._sweeper.ensure()
             self._poller.ensure()
 
-    def _poll_locked(self) -> None:
-        """Deliver events after ``_last_event`` to watchers (caller holds the lock)."""
+    def _poll_locked(self, *, filtered: bool = True) -> None:
+        """Deliver events after ``_last_event`` to watchers (caller holds the lock).
+
+        ``filtered`` leaves rows under no watched prefix in SQLite; it pays off
+        when many rows may be new (a batch, or other processes' writes since the
+        last poll) and costs a little more than a plain read for one or two.
+        """
         if self._closed or not len(self._watchers):
             return
-        sql, params = _events_query(self._last_event, self._watchers.prefixes())
+        prefixes = self._watchers.prefixes() if filtered else None
+        sql, params = _events_query(self._last_event, prefixes)
         rows: list[_Row] = self._conn.execute(sql, params).fetchall()
         if not rows:
             return
