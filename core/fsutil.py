@@ -9,7 +9,12 @@ from pathlib import Path
 
 
 def atomic_write(
-    path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0o600, durable: bool = True
+    path: str | os.PathLike[str],
+    data: bytes | str,
+    *,
+    mode: int = 0o600,
+    durable: bool = True,
+    owner: tuple[int, int] | None = None,
 ) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename.
 
@@ -17,11 +22,17 @@ def atomic_write(
     between) and the directory entry is fsynced so a crash leaves either the old
     or the new content, never a mix. ``durable=False`` skips the fsyncs (still
     atomic for readers) for frequently rewritten, disposable files such as status files.
+    ``owner`` (uid, gid) is given to the new file before it replaces the old one, as
+    far as this process may (a file another user owns keeps its owner when root
+    rewrites it); without it the file belongs to this process.
     """
     p = Path(path)
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, *owner)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)

@@ -74,6 +74,8 @@ class JumpgateApp(App[None]):
         installed: list[signal.Signals] = []
         if not headless:
             for sig in EXIT_SIGNALS:
+                if signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # ignored on purpose (nohup): keep it so
                 try:
                     loop.add_signal_handler(sig, self._signalled, sig)
                 except (ValueError, NotImplementedError, RuntimeError):

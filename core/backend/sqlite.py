@@ -108,6 +108,7 @@ def _dt(ts: float | None) -> datetime | None:
 #: From this many rows written in one transaction its read-back filters by prefix in SQL
 #: (``bench/sqlite_watch.py``: dearer than a plain read for one row, cheaper for 32).
 _FILTER_FROM_ROWS = 8
+_TOP_CHAR = "\U0010ffff"
 #: Above this many distinct watched prefixes the event query reads every row.
 _MAX_FILTER_PREFIXES = 32
 
@@ -126,10 +127,16 @@ def _events_query(last: int, prefixes: tuple[str, ...] | None) -> tuple[str, tup
     base = "SELECT id, type, key, value, expires, revision FROM events WHERE id > ?"
     if prefixes is None or len(prefixes) > _MAX_FILTER_PREFIXES:
         return base + " ORDER BY id", (last,)
-    ranges = " OR ".join(["(key >= ? AND key < ?)"] * len(prefixes))
+    conds: list[str] = []
     params: list[Any] = [last, last + 1]
     for p in prefixes:
-        params += [p, prefix_end(p)]
+        if p.rstrip(_TOP_CHAR):
+            conds.append("(key >= ? AND key < ?)")
+            params += [p, prefix_end(p)]
+        else:  # "" or only U+10FFFF: no upper bound above it
+            conds.append("key >= ?")
+            params.append(p)
+    ranges = " OR ".join(conds)
     sql = f"{base} AND (id = ? OR id = (SELECT max(id) FROM events) OR {ranges}) ORDER BY id"  # noqa: S608 - placeholders only
     return sql, tuple(params)
 

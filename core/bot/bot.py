@@ -162,6 +162,10 @@ class Bot:
                 log.warning("cannot reach the cluster (%s); retrying in %.0fs", exc.message, delay)
                 if await self._wait(delay) == "stop":
                     return []
+        if not self.cfg.oneshot:
+            # known before the first outputs are ready, so no healthy /readyz lacks it
+            # (the loop sets it again, from when the outputs are done)
+            self._schedule(self.cfg.renewal_interval.total_seconds())
         failed = await self.refresh_outputs()
         if failed and self.cfg.oneshot:
             raise JumpgateError(

@@ -392,23 +392,31 @@ def write_config(form: OutputForm) -> str:
         if read_config(path) != current:
             continue  # changed while we merged: merge into the newer text
         target = Path(os.path.realpath(path)) if current is not None else Path(path)
-        mode = 0o600
+        mode, owner = 0o600, None
         if current is not None:
+            # the file keeps its mode and owner: tbot may run as its own user and
+            # must still read its config after the dashboard (as root) rewrote it
             try:
-                mode = stat.S_IMODE(target.stat().st_mode)
+                st = target.stat()
+                mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
             except OSError:
-                mode = 0o600
-        write_text(target, text, mode=mode)
+                pass
+        write_text(target, text, mode=mode, owner=owner)
         return text
     raise BadParameter(f"{path} keeps changing", hint="try again once nothing else writes it")
 
 
-def write_text(path: str | Path, text: str, *, mode: int = 0o600) -> Path:
-    """Write ``text`` atomically (temp file + rename), creating missing parent directories."""
+def write_text(
+    path: str | Path, text: str, *, mode: int = 0o600, owner: tuple[int, int] | None = None
+) -> Path:
+    """Write ``text`` atomically (temp file + rename), creating missing parent directories.
+
+    ``owner`` (uid, gid): who the file should belong to (best effort; see ``atomic_write``).
+    """
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(p, text, mode=mode)
+        atomic_write(p, text, mode=mode, owner=owner)
     except PermissionError:
         raise BadParameter(
             f"cannot write {p}: permission denied",

@@ -456,7 +456,7 @@ def test_diagnostics_last_and_next_renewal_times(
     when it renews next; SIGHUP moves both; the scheduled renewal comes when it said."""
     _, token = add_bot(cluster)
     port = free_port()
-    interval = 10.0
+    interval = 20.0  # long enough that start-up never reaches the first scheduled renewal
     cfg = seed_config(
         tmp_path / "tbot.yaml",
         addr=cluster.public_addr,
@@ -464,7 +464,7 @@ def test_diagnostics_last_and_next_renewal_times(
         pin=pin,
         storage=tmp_path / "bot",
         outputs=db_output(tmp_path / "out"),
-        extra=f"diag_addr: 127.0.0.1:{port}\nrenewal_interval: 10s\ncertificate_ttl: 1m\n",
+        extra=f"diag_addr: 127.0.0.1:{port}\nrenewal_interval: 20s\ncertificate_ttl: 1m\n",
     )
     base = f"http://127.0.0.1:{port}"
 
@@ -487,7 +487,7 @@ def test_diagnostics_last_and_next_renewal_times(
         id_last, id_next = _iso(ident["last_renewal"]), _iso(ident["next_renewal"])
         assert id_next == out_next  # one loop renews the identity and every output
         assert id_last <= out_last <= time.time() + 1
-        assert abs(out_next - (out_last + interval)) <= 1, (out_last, out_next)
+        assert abs(out_next - (out_last + interval)) <= 3, (out_last, out_next)
         # /metrics has the same times as unix timestamps (gauges)
         text = _get(f"{base}/metrics")[1]
         for name in (
@@ -513,13 +513,13 @@ def test_diagnostics_last_and_next_renewal_times(
         assert _iso(ident["last_renewal"]) > id_last
         assert hup_last > out_last
         assert hup_last < out_next - 1  # not the scheduled renewal: the SIGHUP one
-        assert abs(hup_next - (hup_last + interval)) <= 1, (hup_last, hup_next)
+        assert abs(hup_next - (hup_last + interval)) <= 3, (hup_last, hup_next)
         assert abs(metric(f"tbot_output_next_renewal_timestamp_seconds{out}") - hup_next) < 0.01
 
         # the scheduled renewal comes when /readyz said it would
-        _poll("the scheduled renewal", lambda: metric("tbot_renewals_total") == 2, timeout=30)
+        _poll("the scheduled renewal", lambda: metric("tbot_renewals_total") == 2, timeout=45)
         _poll("its output", lambda: _iso(times()[1]["last_renewal"]) > hup_last)
-        assert abs(_iso(times()[1]["last_renewal"]) - hup_next) <= 2
+        assert abs(_iso(times()[1]["last_renewal"]) - hup_next) <= 5
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
 

@@ -5,6 +5,7 @@ bot with an existing tbot.yaml; Back, the refusals of each step, and what is nev
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,9 @@ def test_existing_bot_and_tbot_yaml_whole_path(
     }
     config.write_text(yaml.safe_dump(original))
     config.chmod(0o640)
+    # a tbot running as its own user owns its config; the dashboard (root here) keeps it so
+    owner = (65534, 65534) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    os.chown(config, *owner)
     port = free_port()
     app = JumpgateApp(DashboardState(Options(home=str(alice_home))))
 
@@ -335,6 +339,7 @@ def test_existing_bot_and_tbot_yaml_whole_path(
         k: v for k, v in original.items() if k != "services"
     }
     assert stat.S_IMODE(config.stat().st_mode) == 0o640
+    assert (config.stat().st_uid, config.stat().st_gid) == owner
     assert not list(tmp_path.glob(".tbot.yaml.*"))
     assert (dest / "tlscert").exists() and (tmp_path / "id2").is_dir()
     assert f"--proxy={db_cluster.public_addr} " in unit.read_text()

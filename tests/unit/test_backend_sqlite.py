@@ -137,7 +137,7 @@ def test_prefix_watcher_notices_a_trimmed_log_of_unwatched_keys(tmp_path: Path) 
             w = b.watch(["/roles/"])
             await a.put_many([Item(f"/events/{i:03d}", b"audit") for i in range(20)])
             await a.sweep()
-            await b.put(Item("/roles/local", b""))
+            b.catch_up()  # reads other processes' rows the filtered way
             with pytest.raises(LimitExceeded, match="fell behind"):
                 await w.next(1)
         finally:
@@ -182,6 +182,28 @@ def test_prefix_watchers_skip_unwatched_rows_in_sqlite(tmp_path: Path) -> None:
             b.catch_up()
             assert [e.item.key for e in everything.drain()] == ["/events/late", "/locks/l"]
             assert [e.item.key for e in w.drain()] == ["/locks/l"]
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_filtered_read_back_of_edge_prefixes(tmp_path: Path) -> None:
+    """The empty prefix and one of U+10FFFF have no upper bound in SQL: nothing is lost."""
+    path = tmp_path / "sqlite.db"
+
+    async def main() -> None:
+        a = SQLiteBackend(path)
+        b = SQLiteBackend(path, poll_interval=60)
+        try:
+            top = "/\U0010ffff"
+            w_top = b.watch([top])
+            w_all = b.watch([""])
+            await a.put_many([Item(f"{top}x", b""), Item("/roles/r", b"")])
+            b.catch_up()
+            assert [e.item.key for e in w_top.drain()] == [f"{top}x"]
+            assert [e.item.key for e in w_all.drain()] == [f"{top}x", "/roles/r"]
         finally:
             await a.close()
             await b.close()

@@ -451,7 +451,11 @@ class WizardScreen(Screen[None]):
         self, out_form: dbsetup.OutputForm, form: dbsetup.ProxyForm, write_unit: bool, start: bool
     ) -> None:
         """Step 3's proxy address, then back to the UI to confirm (or refuse without one)."""
-        addr = self.proxy_address(out_form.config_path)
+        try:
+            addr = self.proxy_address(out_form.config_path)
+        except Exception as exc:  # never leave the step busy: say what went wrong
+            to_ui(self, self._failed, exc)
+            return
         to_ui(self, self._confirm3, out_form, form, write_unit, start, addr)
 
     def _confirm3(
