@@ -241,3 +241,19 @@ def no_blink(app: Any) -> None:
     for screen in app.screen_stack:
         for box in screen.query(Input):
             box.cursor_blink = False
+
+
+@pytest.fixture
+def tmux() -> Iterator[Any]:
+    """A private tmux server (``tests.tui.test_tmux_e2e.Tmux``), killed afterwards."""
+    import shutil
+
+    from tests.tui.test_tmux_e2e import Tmux
+
+    if not shutil.which("tmux"):
+        pytest.skip("needs tmux (scripts/install-system-deps.sh installs it)")
+    t = Tmux()
+    try:
+        yield t
+    finally:
+        t.run("kill-server", check=False)

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,19 +99,6 @@ def test_bad_config_error_is_the_tbot_loaders(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ signals in a terminal
-@pytest.fixture
-def tmux() -> Iterator[Tmux]:
-    import shutil
-
-    if not shutil.which("tmux"):
-        pytest.skip("needs tmux (scripts/install-system-deps.sh installs it)")
-    t = Tmux()
-    try:
-        yield t
-    finally:
-        t.run("kill-server", check=False)
-
-
 def _pane(tmux: Tmux, fmt: str) -> str:
     return tmux.run("display-message", "-p", "-t", "jg", fmt).stdout.strip()
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,17 +71,6 @@ class Tmux:
 
     def alive(self) -> bool:
         return self.run("has-session", "-t", "jg", check=False).returncode == 0
-
-
-@pytest.fixture
-def tmux() -> Iterator[Tmux]:
-    if not shutil.which("tmux"):
-        pytest.skip("needs tmux (scripts/install-system-deps.sh installs it)")
-    t = Tmux()
-    try:
-        yield t
-    finally:
-        t.run("kill-server", check=False)
 
 
 def test_databases_list_and_certificate_countdown_in_tmux(
