@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -283,11 +284,25 @@ class DatabasesScreen(Screen[None]):
             # a `tsh db login` since the load changes the snippets' user and name
             self._read_route(self.profile, key)
 
-    @work(thread=True, exclusive=True, group="databases-route")
-    def _read_route(self, prof: Profile, name: str) -> None:
-        route = read_route(prof, name)
-        if not get_current_worker().is_cancelled:
-            to_ui(self, self._route_read, prof, name, route)
+    def _read_route(
+        self,
+        prof: Profile,
+        name: str,
+        then: Callable[[str], object] | None = None,
+        *,
+        group: str = "databases-route",
+    ) -> None:
+        """Read the route of ``name`` in a worker (cached, details redrawn), then call
+        ``then(name)`` on the UI thread. A newer read in the same ``group`` replaces it."""
+
+        def read() -> None:
+            route = read_route(prof, name)
+            if not get_current_worker().is_cancelled:
+                to_ui(self, self._route_read, prof, name, route)
+                if then is not None:
+                    to_ui(self, then, name)
+
+        self.run_worker(read, thread=True, exclusive=True, group=group)
 
     def _route_read(self, prof: Profile, name: str, route: RouteToDatabase | None) -> None:
         """A route read in a worker: cached, and the details redrawn when it changed them."""
@@ -371,14 +386,7 @@ class DatabasesScreen(Screen[None]):
         if self.profile is None:
             self._connect_dialog(name)
         else:  # the dialog offers the route of an earlier `tsh db login`: read it first
-            self._connect_route(self.profile, name)
-
-    @work(thread=True, exclusive=True, group="databases-connect")
-    def _connect_route(self, prof: Profile, name: str) -> None:
-        route = read_route(prof, name)
-        if not get_current_worker().is_cancelled:
-            to_ui(self, self._route_read, prof, name, route)
-            to_ui(self, self._connect_dialog, name)
+            self._read_route(self.profile, name, self._connect_dialog, group="databases-connect")
 
     def _connect_dialog(self, name: str) -> None:
         """The options dialog, then ``tsh db connect`` in the suspended terminal."""
@@ -483,14 +491,7 @@ class DatabasesScreen(Screen[None]):
         if self.profile is None:
             self._copy(name)
         else:  # the string names the user and database of an earlier `tsh db login`
-            self._copy_route(self.profile, name)
-
-    @work(thread=True, exclusive=True, group="databases-copy")
-    def _copy_route(self, prof: Profile, name: str) -> None:
-        route = read_route(prof, name)
-        if not get_current_worker().is_cancelled:
-            to_ui(self, self._route_read, prof, name, route)
-            to_ui(self, self._copy, name)
+            self._read_route(self.profile, name, self._copy, group="databases-copy")
 
     def _copy(self, name: str) -> None:
         p = self._conn(name)
