@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ def atomic_write(
     mode: int = 0o600,
     durable: bool = True,
     owner: tuple[int, int] | None = None,
+    replace: bool = True,
 ) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename.
 
@@ -25,6 +27,9 @@ def atomic_write(
     ``owner`` (uid, gid) is given to the new file before it replaces the old one, as
     far as this process may (a file another user owns keeps its owner when root
     rewrites it); without it the file belongs to this process.
+    ``replace=False`` only creates: ``FileExistsError`` if ``path`` exists by the time
+    the complete file is put there (a hard link, which never replaces), so a file
+    someone else created meanwhile is never overwritten.
     """
     p = Path(path)
     raw = data.encode() if isinstance(data, str) else data
@@ -39,13 +44,33 @@ def atomic_write(
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
-        Path(tmp).replace(p)
+        if replace:
+            Path(tmp).replace(p)
+        else:
+            _create_from(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             Path(tmp).unlink()
         raise
     if durable:
         fsync_dir(p.parent)
+
+
+def _create_from(tmp: str, p: Path) -> None:
+    """Put the complete file ``tmp`` at ``p`` unless something is there already."""
+    try:
+        os.link(tmp, p)  # never replaces: FileExistsError when p is there
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        # a filesystem without hard links: a check, then the rename (a narrow race)
+        if os.path.lexists(p):
+            raise FileExistsError(errno.EEXIST, "File exists", str(p)) from None
+        Path(tmp).replace(p)
+        return
+    Path(tmp).unlink()
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

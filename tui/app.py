@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from jumpgate.core.errors import JumpgateError
-
 app = typer.Typer(
     name="jumpgate",
     help="Jumpgate dashboard.",
@@ -53,11 +51,9 @@ def dashboard(
         proxies_dirs=list(proxies_dir),
         insecure=insecure,
     )
-    try:  # before the terminal is taken over: a bad -c or --destination-dir stops here
-        check_inputs(opts)
-    except JumpgateError as exc:
-        _error(exc)
-        raise SystemExit(1) from None
+    # before the terminal is taken over: a bad -c or --destination-dir stops here, with
+    # tbot's own message, hint and exit code (main's error ladder prints it)
+    check_inputs(opts)
     # Textual is imported only when the dashboard opens (--version and completion stay fast)
     from jumpgate.tui.dashboard import DARK, LIGHT, JumpgateApp
 
@@ -67,21 +63,9 @@ def dashboard(
         raise SystemExit(dash.return_code)
 
 
-def _error(exc: JumpgateError) -> None:
-    """The message, and the hint on the next line, as the other command-line tools print them."""
-    import sys
-
-    print(f"ERROR: {exc.message}", file=sys.stderr)
-    if exc.hint:
-        print(exc.hint, file=sys.stderr)
-
-
 def main() -> None:
-    """Console-script entry point: errors print their message and hint, never a traceback."""
-    try:
-        app(prog_name="jumpgate")
-    except JumpgateError as exc:
-        _error(exc)
-        raise SystemExit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    """Console-script entry point: the error ladder of the other tools (``run_app``): a
+    user error prints its message and hint and exits with its code, never a traceback."""
+    from jumpgate.cli.common import run_app
+
+    run_app(app, prog="jumpgate")

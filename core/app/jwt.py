@@ -38,6 +38,25 @@ def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
     return b64url(hashlib.sha256(der).digest())
 
 
+def public_jwk(public_key: ec.EllipticCurvePublicKey) -> dict[str, str]:
+    """The JWK (RFC 7517/7518) of a P-256 verification key, as the proxy's JWKS lists it.
+
+    ``x`` and ``y`` are always the full 32 bytes (RFC 7518 §6.2.1.2): a coordinate
+    with leading zero bytes keeps them, or verifiers reject the key as off the curve.
+    """
+    nums = public_key.public_numbers()
+    size = (public_key.curve.key_size + 7) // 8
+    return {
+        "kty": "EC",
+        "crv": "P-256",
+        "alg": "ES256",
+        "use": "sig",
+        "kid": key_id(public_key),
+        "x": b64url(nums.x.to_bytes(size, "big")),
+        "y": b64url(nums.y.to_bytes(size, "big")),
+    }
+
+
 def app_claims(
     *,
     username: str,

@@ -391,7 +391,7 @@ def write_config(form: OutputForm) -> str:
         validate_tbot_yaml(text, path)
         if read_config(path) != current:
             continue  # changed while we merged: merge into the newer text
-        target = Path(os.path.realpath(path)) if current is not None else Path(path)
+        target = Path(os.path.realpath(path))  # through a symlink, even a dangling one
         mode, owner = 0o600, None
         if current is not None:
             # the file keeps its mode and owner: tbot may run as its own user and
@@ -401,27 +401,46 @@ def write_config(form: OutputForm) -> str:
                 mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
             except OSError:
                 pass
-        write_text(target, text, mode=mode, owner=owner)
+        try:
+            # a new file never replaces one created since it was found missing
+            write_text(target, text, mode=mode, owner=owner, replace=current is not None)
+        except FileExistsError:
+            continue  # created meanwhile: merge into it
         return text
     raise BadParameter(f"{path} keeps changing", hint="try again once nothing else writes it")
 
 
 def write_text(
-    path: str | Path, text: str, *, mode: int = 0o600, owner: tuple[int, int] | None = None
+    path: str | Path,
+    text: str,
+    *,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+    replace: bool = True,
 ) -> Path:
     """Write ``text`` atomically (temp file + rename), creating missing parent directories.
 
     ``owner`` (uid, gid): who the file should belong to (best effort; see ``atomic_write``).
+    ``replace=False``: ``FileExistsError`` rather than replace a file that is there.
     """
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(p, text, mode=mode, owner=owner)
-    except PermissionError:
-        raise BadParameter(
+    except OSError as exc:
+        raise _cannot_write(p, exc) from None
+    try:
+        atomic_write(p, text, mode=mode, owner=owner, replace=replace)
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) and not replace:
+            raise  # the caller reads what is there now and merges into it
+        raise _cannot_write(p, exc) from None
+    return p
+
+
+def _cannot_write(p: Path, exc: OSError) -> BadParameter:
+    if isinstance(exc, PermissionError):
+        return BadParameter(
             f"cannot write {p}: permission denied",
             hint="choose a path you can write, or run the dashboard as a user who can (e.g. root)",
-        ) from None
-    except OSError as exc:
-        raise BadParameter(f"cannot write {p}: {exc.strerror or exc}") from None
-    return p
+        )
+    return BadParameter(f"cannot write {p}: {exc.strerror or exc}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import random
@@ -52,6 +53,8 @@ APP_COOKIE_BYTES = b"__Host-grv_app_session"
 FIRST_REQUEST_TIMEOUT = 30.0
 #: How long the app catalogue (heartbeats) is reused before it is read again.
 CATALOGUE_TTL = 1.0
+#: A connection for a host the catalogue does not know re-reads it, at most this often.
+UNKNOWN_HOST_REFRESH = 0.25
 
 
 class _Unauthenticated(Exception):
@@ -66,6 +69,14 @@ def _head_parser(data: bytes) -> tuple[Head | None, int]:
             raise HTTPError(431, "the request head is too large")
         return None, 0
     return parse_request_head(data[:end]), 0
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def wants_html(head: Head) -> bool:
@@ -103,6 +114,7 @@ class AppFrontend:
         self.app_names: set[str] = set()
         self._catalogue: list[Any] = []
         self._catalogue_at = 0.0
+        self._catalogue_lock = asyncio.Lock()
         self._refresh_task: asyncio.Task[None] | None = None
         #: App Services running in this process (host id → service): served without a tunnel
         self.local_agents: dict[str, Any] = {}
@@ -150,10 +162,36 @@ class AppFrontend:
         """Whether connections with this SNI are for an app (not the web API)."""
         return bool(self.app_name_for(server_name))
 
-    async def catalogue(self) -> list[Any]:
-        """Live ``app_server`` heartbeats (cached for a second)."""
+    async def refresh_for(self, server_name: str) -> None:
+        """Re-read the catalogue before a handshake for a host it does not know yet.
+
+        An app registered since the last read then gets its own certificate on its
+        very first connection, not after the next periodic refresh. The read is
+        shared by concurrent callers and happens at most every
+        :data:`UNKNOWN_HOST_REFRESH` seconds, so a client sending random names
+        costs a few catalogue reads a second at most. Errors are logged: the
+        handshake goes on with what is known.
+        """
+        host = server_name.lower().rstrip(".")
+        if not host or host in (self.public_host, "localhost") or _is_ip(host):
+            return
+        if self.serves(name=host):
+            return
+        try:
+            await self.catalogue(max_age=UNKNOWN_HOST_REFRESH)
+        except JumpgateError as exc:
+            log.debug("apps: reading the app catalogue for %s failed: %s", host, exc)
+
+    async def catalogue(self, *, max_age: float = CATALOGUE_TTL) -> list[Any]:
+        """Live ``app_server`` heartbeats (reused for ``max_age`` seconds)."""
+        if time.monotonic() - self._catalogue_at <= max_age:
+            return self._catalogue
+        async with self._catalogue_lock:  # one read for every caller waiting on it
+            return await self._read_catalogue(max_age)
+
+    async def _read_catalogue(self, max_age: float) -> list[Any]:
         now = time.monotonic()
-        if now - self._catalogue_at > CATALOGUE_TTL:
+        if now - self._catalogue_at > max_age:
             from jumpgate.core.app.auth import addr_host, app_servers
 
             self._catalogue = await app_servers(self.auth)

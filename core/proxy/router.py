@@ -78,8 +78,11 @@ class TLSRouter:
         make_context: Callable[[str, str], ssl.SSLContext],
         *,
         default_protocol: str = "http/1.1",
+        prepare: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self._make_context = make_context
+        #: awaited with (protocol, SNI) before ``make_context`` for TLS routes
+        self._prepare = prepare
         self.default_protocol = default_protocol
         self.routes: list[Route] = []
         self.stats = RouterStats()
@@ -227,6 +230,8 @@ class TLSRouter:
             factory = route.choose(hello) or factory
         assert factory is not None
         try:
+            if self._prepare is not None:
+                await self._prepare(proto, hello.server_name)
             ctx = self._make_context(proto, hello.server_name)
         except Exception as exc:
             log.error("no TLS context for %s (SNI %r): %s", proto, hello.server_name, exc)

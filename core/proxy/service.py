@@ -75,7 +75,7 @@ class ProxyService:
         self.web = WebAPI(
             info, public_addr=public_addr, web_listen_addr=f"{listen_host}:{listen_port}"
         )
-        self.router = TLSRouter(self._context_for)
+        self.router = TLSRouter(self._context_for, prepare=self._before_context)
         self.public_host = (
             public_addr.rsplit(":", 1)[0].strip("[]") if ":" in public_addr else public_addr
         )
@@ -112,6 +112,12 @@ class ProxyService:
                 user_ca_subjects=self._user_ca_subjects,
             )
             self.web.app_frontend = self.apps
+
+    async def _before_context(self, protocol: str, server_name: str) -> None:
+        """An app host the catalogue does not know yet: read it again first, so a new
+        app's first connection gets the app's certificate (see _context_for)."""
+        if protocol == "http/1.1" and self.apps is not None and server_name:
+            await self.apps.refresh_for(server_name)
 
     def _needs_own_cert(self, server_name: str) -> bool:
         """A subdomain of a single-label public host (``app.localhost``): OpenSSL refuses

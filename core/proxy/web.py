@@ -7,11 +7,9 @@ and the proxy; ``/webapi/auth/export`` hands out public CA certificates;
 
 from __future__ import annotations
 
-import base64
 from typing import Any, Protocol
 
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from jumpgate.core.proxy.web_login import register_login_routes
@@ -36,37 +34,17 @@ def export_ca(info: ClusterInfo, export_type: str) -> bytes:
     return render_export(info.cluster_name, ca.trusted_certs, export_type)
 
 
-def _b64u(n: int) -> str:
-    raw = n.to_bytes((n.bit_length() + 7) // 8 or 1, "big")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 def jwks(info: ClusterInfo) -> dict[str, Any]:
     """JSON Web Key Set of the ``jwt`` CA (ES256)."""
-    keys = []
-    for cert in info.cas[CAType.JWT].trusted_certs:
-        pub = cert.public_key()
-        if not isinstance(pub, ec.EllipticCurvePublicKey):
-            continue
-        nums = pub.public_numbers()
-        der = pub.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        import hashlib
+    from jumpgate.core.app.jwt import public_jwk
 
-        kid = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
-        keys.append(
-            {
-                "kty": "EC",
-                "crv": "P-256",
-                "alg": "ES256",
-                "use": "sig",
-                "kid": kid,
-                "x": _b64u(nums.x).rjust(43, "A"),
-                "y": _b64u(nums.y).rjust(43, "A"),
-            }
-        )
-    return {"keys": keys}
+    return {
+        "keys": [
+            public_jwk(pub)
+            for cert in info.cas[CAType.JWT].trusted_certs
+            if isinstance(pub := cert.public_key(), ec.EllipticCurvePublicKey)
+        ]
+    }
 
 
 class WebAPI:

@@ -45,6 +45,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from jumpgate.core.errors import AccessDenied, BadParameter
+from jumpgate.core.tlsca.der import der_length
 
 #: Private OID of the identity extension (non-critical).
 IDENTITY_EXTENSION_OID: x509.ObjectIdentifier = x509.ObjectIdentifier("1.3.9999.7.1")
@@ -183,14 +184,6 @@ class Identity:
 # --------------------------------------------------------------------------- DER
 
 
-def _der_length(n: int) -> bytes:
-    """DER length octets: short form below 128, else long form, minimal."""
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
 def _malformed(why: str) -> AccessDenied:
     return AccessDenied(
         f"the certificate's identity extension is malformed: {why}",
@@ -280,7 +273,7 @@ def encode_extension(identity: Identity) -> bytes:
         _to_json_obj(identity), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
     content = text.encode("utf-8")
-    return bytes([_UTF8STRING_TAG]) + _der_length(len(content)) + content
+    return bytes([_UTF8STRING_TAG]) + der_length(len(content)) + content
 
 
 def identity_subject(identity: Identity) -> x509.Name:

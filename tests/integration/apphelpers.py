@@ -302,3 +302,22 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def served_dns_names(port: int, server_name: str) -> list[str]:
+    """The DNS names of the certificate the proxy on ``port`` presents for SNI
+    ``server_name`` (fetched with ``openssl s_client``, read with ``openssl x509``)."""
+    hello = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", server_name],
+        input=b"",
+        capture_output=True,
+        timeout=20,
+    )
+    text = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName"],
+        input=hello.stdout,
+        capture_output=True,
+        timeout=20,
+        check=True,
+    ).stdout.decode()
+    return [part.strip()[4:] for part in text.split(",") if part.strip().startswith("DNS:")]

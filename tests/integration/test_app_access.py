@@ -23,6 +23,7 @@ from tests.integration.apphelpers import (
     audit_events,
     curl,
     rss_kib,
+    served_dns_names,
     split_response,
     start_tbot_proxy,
     stop_process,
@@ -516,6 +517,9 @@ def test_a_separate_app_agent_joins_with_a_token_and_serves_through_the_tunnel(
             assert agent.poll() is None, (tmp_path / "agent.log").read_text()
             assert time.monotonic() < deadline, "the agent's app never appeared in tctl apps ls"
             time.sleep(0.2)
+        # the proxy's certificate names the new app from its first connection on,
+        # not only after its next periodic catalogue read
+        assert "remote-app.localhost" in served_dns_names(cluster.web_port, "remote-app.localhost")
         row = next(r for r in cluster.tctl("apps", "ls").stdout.splitlines() if "remote-app" in r)
         assert "remote-app.localhost" in row and "env=dev" in row
         _, _, dest = app_bot(cluster, tmp_path / "bot", app="remote-app")

@@ -121,6 +121,66 @@ def test_write_text_is_atomic_with_the_mode(tmp_path: Path) -> None:
         dbsetup.write_text(path / "under-a-file", "x")
 
 
+def test_atomic_create_never_replaces_a_file_that_is_there(tmp_path: Path) -> None:
+    from jumpgate.core.fsutil import atomic_write
+
+    path = tmp_path / "tbot.yaml"
+    atomic_write(path, "first\n", replace=False)
+    assert path.read_text() == "first\n" and (path.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(FileExistsError):
+        atomic_write(path, "second\n", replace=False)
+    assert path.read_text() == "first\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["tbot.yaml"]  # no temp file left
+
+
+def new_output(config_path: Path) -> dbsetup.OutputForm:
+    return dbsetup.OutputForm(
+        service="example-server",
+        database="example-db",
+        username="alice",
+        destination="/opt/machine-id",
+        proxy_server="proxy.example.com:3080",
+        token="abc123",
+        config_path=str(config_path),
+    )
+OTHERS_CONFIG = (
+    "version: v2\nproxy_server: p.example.com:443\nonboarding: {token: t}\n"
+    "services:\n- type: identity\n  destination: {type: directory, path: /opt/id}\n"
+)
+
+
+def test_write_config_merges_into_a_file_created_after_it_was_found_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer creates tbot.yaml between the wizard's last read and its write:
+    the wizard's output is merged into that file, which is not replaced."""
+    path = tmp_path / "tbot.yaml"
+    reads = []
+    real_read = dbsetup.read_config
+
+    def racing_read(p: str) -> str | None:
+        got = real_read(p)
+        reads.append(got)
+        if len(reads) == 2:  # the re-check right before the write: the other writer wins
+            path.write_text(OTHERS_CONFIG)
+        return got
+
+    monkeypatch.setattr(dbsetup, "read_config", racing_read)
+    written = dbsetup.write_config(new_output(path))
+    doc = yaml.safe_load(path.read_text())
+    assert path.read_text() == written
+    assert [s["type"] for s in doc["services"]] == ["identity", "database"]
+    assert doc["proxy_server"] == "p.example.com:443"  # the other writer's file, kept
+
+
+def test_write_config_through_a_dangling_symlink_creates_its_target(tmp_path: Path) -> None:
+    target = tmp_path / "etc" / "tbot.yaml"
+    link = tmp_path / "tbot.yaml"
+    link.symlink_to(target)
+    dbsetup.write_config(new_output(link))
+    assert link.is_symlink() and "example-db" in target.read_text()
+
+
 def test_snippets_name_the_real_files() -> None:
     p = snippets.for_destination(
         "/opt/machine-id", user="alice", database="example-db", port=1234, tunnel=False

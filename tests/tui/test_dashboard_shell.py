@@ -53,7 +53,7 @@ def _jumpgate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_bad_config_or_destination_stops_before_the_terminal_is_taken(
     tmp_path: Path, kind: str, want: str
 ) -> None:
-    """``-c``/``--destination-dir`` are checked before Textual starts: exit 1, the loader's
+    """``-c``/``--destination-dir`` are checked before Textual starts: exit 2, the loader's
     message and hint on stderr, nothing drawn on stdout, no traceback."""
     if kind == "missing-config":
         path = tmp_path / "nonexistent.yaml"
@@ -70,7 +70,7 @@ def test_bad_config_or_destination_stops_before_the_terminal_is_taken(
         path.write_text("")
         args = ["--destination-dir", str(path)]
     res = _jumpgate(tmp_path, *args)
-    assert res.returncode == 1, (res.returncode, res.stderr)
+    assert res.returncode == 2, (res.returncode, res.stderr)  # BadParameter's code, as tbot
     assert res.stderr.startswith(want.format(path=path)), res.stderr
     assert "Traceback" not in res.stderr
     assert res.stdout == ""  # no escape sequence: the terminal was never taken over
@@ -90,8 +90,7 @@ def test_bad_config_error_is_the_tbot_loaders(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert res.returncode == 1
-    assert tbot.returncode != 0
+    assert res.returncode == tbot.returncode == 2
     assert res.stderr.startswith(f"ERROR: {path}, line 2: not_a_key: unknown key\nvalid keys"), (
         res.stderr
     )

@@ -21,7 +21,7 @@ from jumpgate.core.app.http1 import (
     request_framing,
     response_framing,
 )
-from jumpgate.core.app.jwt import app_claims, sign_es256
+from jumpgate.core.app.jwt import app_claims, public_jwk, sign_es256
 from jumpgate.core.app.rewrite import render_headers
 from jumpgate.core.tlsca import generate_private_key
 
@@ -111,6 +111,44 @@ def test_es256_jwt_verifies_with_pyjwt() -> None:
         issuer="example.com",
     )
     assert claims["roles"] == ["access"] and "traits" not in claims and claims["sub"] == "alice"
+
+
+def test_jwk_coordinates_keep_leading_zero_bytes() -> None:
+    """About one key in 128 has a coordinate below 2**248; its JWK must still carry 32
+    bytes, or PyJWT (like any verifier) rejects the key as not on the curve."""
+    import base64
+
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = next(
+        k
+        for k in (ec.generate_private_key(ec.SECP256R1()) for _ in range(20_000))
+        if min(k.public_key().public_numbers().x, k.public_key().public_numbers().y) < 2**248
+    )
+    jwk = public_jwk(key.public_key())
+    for coord in ("x", "y"):
+        assert len(base64.urlsafe_b64decode(jwk[coord] + "=")) == 32
+    now = datetime.now(UTC)
+    claims = app_claims(
+        username="alice",
+        roles=["access"],
+        traits={},
+        issuer="example.com",
+        audience="http://localhost:3000",
+        now=now,
+        expires=now + timedelta(hours=1),
+        jwt_claims="roles",
+    )
+    verify_key = pyjwt.PyJWK(jwk).key
+    got = pyjwt.decode(
+        sign_es256(claims, key),
+        verify_key,
+        algorithms=["ES256"],
+        audience="http://localhost:3000",
+        issuer="example.com",
+    )
+    assert got["sub"] == "alice"
 
 
 def test_rewrite_headers_fill_templates_and_drop_missing_traits() -> None:
