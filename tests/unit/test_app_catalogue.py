@@ -1,0 +1,73 @@
+"""The proxy's app catalogue: a new app is known at its first handshake, and unknown
+host names cost a bounded number of catalogue reads (a real in-memory auth server)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from jumpgate.core.app.auth import heartbeat_apps
+from jumpgate.core.auth.server import AuthServer
+from jumpgate.core.backend.memory import MemoryBackend
+from jumpgate.core.db.tunnel import TunnelRegistry
+from jumpgate.core.proxy.apps import UNKNOWN_HOST_REFRESH, AppFrontend
+
+
+def _app(name: str) -> dict[str, Any]:
+    return {
+        "kind": "app",
+        "version": "v3",
+        "metadata": {"name": name},
+        "spec": {"uri": "http://127.0.0.1:9"},
+    }
+
+
+def test_unknown_hosts_reread_the_catalogue_once_per_window() -> None:
+    async def main() -> None:
+        auth = AuthServer(MemoryBackend(), cluster_name="example.com")
+        await auth.start()
+        try:
+            fe = AppFrontend(
+                auth=auth,
+                registry=TunnelRegistry(),
+                public_addr="proxy.test:3080",
+                public_host="proxy.test",
+                user_ca_subjects=set,
+            )
+            await fe.catalogue()
+            assert not fe.serves(name="grafana.proxy.test")
+            await heartbeat_apps(
+                auth, host_id="h1", hostname="agent", apps=[_app("grafana")], ttl=60
+            )
+            # the periodic read is up to 2 s away; the handshake's own read finds the app
+            # (once the last read is UNKNOWN_HOST_REFRESH old: aged here, not waited for)
+            await fe.refresh_for("grafana.proxy.test")
+            assert not fe.serves(name="grafana.proxy.test")  # read 0 s ago: not again
+            fe._catalogue_at -= UNKNOWN_HOST_REFRESH
+            await fe.refresh_for("grafana.proxy.test")
+            assert fe.serves(name="grafana.proxy.test")
+
+            reads = 0
+            real = auth.store.list_as
+
+            async def counting(cls: Any) -> Any:
+                nonlocal reads
+                reads += 1
+                return await real(cls)
+
+            auth.store.list_as = counting  # type: ignore[method-assign]
+            fe._catalogue_at -= 10  # stale: the next unknown name reads it again
+            await asyncio.gather(*(fe.refresh_for(f"r{i}.proxy.test") for i in range(200)))
+            assert reads == 1  # 200 concurrent handshakes share one read
+            await asyncio.gather(*(fe.refresh_for(f"s{i}.example.org") for i in range(200)))
+            assert reads == 1  # and none again within the window
+
+            fe._catalogue_at -= 10
+            for own in ("proxy.test", "PROXY.test.", "localhost", "127.0.0.1", "::1", ""):
+                await fe.refresh_for(own)
+            await fe.refresh_for("grafana.proxy.test")  # known already
+            assert reads == 1  # none of those read the catalogue
+        finally:
+            await auth.close()
+
+    asyncio.run(main())
