@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from jumpgate.core.errors import JumpgateError
+
 app = typer.Typer(
     name="jumpgate",
     help="Jumpgate dashboard.",
@@ -63,9 +65,23 @@ def dashboard(
         raise SystemExit(dash.return_code)
 
 
-def main() -> None:
-    """Console-script entry point: the error ladder of the other tools (``run_app``): a
-    user error prints its message and hint and exits with its code, never a traceback."""
-    from jumpgate.cli.common import run_app
+def _error(exc: JumpgateError) -> None:
+    """The message, and the hint on the next line, as the other command-line tools print them."""
+    import sys
 
-    run_app(app, prog="jumpgate")
+    print(f"ERROR: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(exc.hint, file=sys.stderr)
+
+
+def main() -> None:
+    """Console-script entry point: a user error prints its message and hint and exits
+    with its class's code, as the other tools do (``tbot -c BAD`` and ``jumpgate -c BAD``
+    exit alike); never a traceback."""
+    try:
+        app(prog_name="jumpgate")
+    except JumpgateError as exc:
+        _error(exc)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

@@ -143,6 +143,8 @@ def new_output(config_path: Path) -> dbsetup.OutputForm:
         token="abc123",
         config_path=str(config_path),
     )
+
+
 OTHERS_CONFIG = (
     "version: v2\nproxy_server: p.example.com:443\nonboarding: {token: t}\n"
     "services:\n- type: identity\n  destination: {type: directory, path: /opt/id}\n"
