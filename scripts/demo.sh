@@ -89,7 +89,7 @@ if [[ ! -f $DEMO/pg/server.crt ]]; then
   $TCTL auth sign --format=db --host=localhost,127.0.0.1 --out="$DEMO/pg/server" --ttl=2190h >/dev/null
 fi
 if [[ ! -d $PGDATA ]]; then
-  PGPORT=$(free_port 5433)
+  PGPORT=$(free_port 55432)  # not 5433: the port the dashboard's snippets suggest for tsh proxy db
   mkdir -p "$PGDATA" && chmod 700 "$PGDATA"
   [[ ${#RUN_AS[@]} -gt 0 ]] && chown -R jumpgate-pg "$PGDATA" "$DEMO/pg"
   "${RUN_AS[@]}" "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust >/dev/null
@@ -182,6 +182,10 @@ YAML
 fi
 # a stored identity older than its TTL (1h) cannot renew: start the demo bot afresh
 [[ -f $BOT_CONF ]] && tbot start -c "$BOT_CONF" --oneshot >>"$DEMO/tbot.log" 2>&1 || new_bot
+# diagnostics (/readyz, /metrics) on a free port: the dashboard shows tbot's own renewal times
+BOT_DIAG=$(free_port 13001)
+sed -i '/^diag_addr:/d' "$BOT_CONF"
+echo "diag_addr: 127.0.0.1:$BOT_DIAG" >>"$BOT_CONF"
 tbot start -c "$BOT_CONF" 2>>"$DEMO/tbot.log" &
 PIDS+=($!)
 for _ in $(seq 1 100); do
@@ -218,6 +222,11 @@ $($TCTL status | sed 's/^/   /')
 
    psql "host=localhost port=$BOT_PG dbname=example user=alice"
    tctl -c $CONF bots ls
+   curl http://127.0.0.1:$BOT_DIAG/readyz                 # the bot's health and renewal times
+
+ The dashboard (databases, apps, the setup wizard, certificate countdowns; after tsh login):
+
+   jumpgate -c $BOT_CONF
 
  The web app "demo-app" (scripts/demo_app.py on 127.0.0.1:$APP_PORT) behind the proxy, after tsh login:
 

@@ -82,7 +82,7 @@ def test_databases_list_and_certificate_countdown_in_tmux(
     # the pane's size is set, not inherited: every column of both tables fits in one line
     tmux.start(command)
     tmux.wait_for(r"^.*\bpg\b.*postgres.*Example PostgreSQL")
-    tmux.wait_for(r"\b1 databases\b")
+    tmux.wait_for(r"\b1 database\b")
     tmux.wait_for(r"alice@localhost:\d+ .*session \d+h\d\dm\d\ds")
     tmux.run("send-keys", "-t", "jg", "c")
     # the columns in their order: Kind, Name, Left, Not after, …, Subject

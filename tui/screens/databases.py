@@ -229,7 +229,8 @@ class DatabasesScreen(Screen[None]):
     def _update_count(self) -> None:
         table = self.query_one("#dbs", ResourceTable)
         total, shown = len(table.rows), len(table.view)
-        text = f"{total:,} databases" if shown == total else f"{shown:,} of {total:,} databases"
+        noun = "database" if total == 1 else "databases"
+        text = f"{total:,} {noun}" if shown == total else f"{shown:,} of {total:,} {noun}"
         self.query_one("#count", Static).update(text)
 
     def _tick(self) -> None:
