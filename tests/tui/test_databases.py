@@ -73,7 +73,7 @@ def test_lists_filters_and_details_from_the_cluster(db_cluster: Cluster, alice_h
             # type-to-filter: label filters and words
             await pilot.press("slash", *"env=prod")
             await until(pilot, lambda: not table.view, "the env=prod filter")
-            assert "0 of 1 database" == str(screen.query_one("#count").render())
+            assert str(screen.query_one("#count").render()) == "0 of 1 database"
             await pilot.press("escape")
             await until(pilot, lambda: len(table.view) == 1, "the cleared filter")
             await pilot.press("slash", *"example env=dev", "enter")

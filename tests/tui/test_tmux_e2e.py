@@ -142,3 +142,34 @@ def test_connect_suspends_the_dashboard_for_psql_and_comes_back(
     while tmux.alive() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not tmux.alive(), tmux.capture()
+
+
+def test_login_fields_typed_ahead_land_where_tab_moved_and_the_password_never_shows(
+    tmp_path: Path, tmux: Tmux
+) -> None:
+    """``proxy<Tab>user<Tab>password`` in one burst, as a password manager types it: each
+    part lands in its own field, so the password is masked, never in the user field."""
+    env = cli_env()
+    env.update(
+        TELEPORT_HOME=str(tmp_path / "tsh"),
+        TELEPORT_CONFIG_FILE=str(tmp_path / "no-teleport.yaml"),
+        TERM="xterm-256color",
+    )
+    tmux.start(pane_command(env))
+    tmux.wait_for(r"Log in \(tsh login\)")
+    secret = f"typed-ahead-{uuid.uuid4().hex[:8]}"
+    tmux.run("send-keys", "-t", "jg", "127.0.0.1:9", "Tab", "alice", "Tab", secret)
+    screen = tmux.wait_for(r"Password\s+\S+\s+•{8,}")
+    assert re.search(r"Proxy\s+\S+\s+127\.0\.0\.1:9\s", screen), screen
+    assert re.search(r"User\s+\S+\s+alice\s", screen), screen
+    assert secret not in screen and "typed-ahead" not in screen
+    tmux.run("send-keys", "-t", "jg", "Escape")
+    deadline = time.monotonic() + 15
+    while "Log in (tsh login)" in tmux.capture():  # (an Escape and a q sent together
+        assert time.monotonic() < deadline, tmux.capture()  # would read as Alt+q)
+        time.sleep(0.1)
+    tmux.run("send-keys", "-t", "jg", "q")
+    deadline = time.monotonic() + 15
+    while tmux.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not tmux.alive(), tmux.capture()

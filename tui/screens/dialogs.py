@@ -11,13 +11,15 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Static
 
+from jumpgate.tui.widgets.fieldkeys import ARROW_KEYS, TAB_KEYS
+
 
 class ConfirmScreen(ModalScreen[bool]):
     """Yes / no, with what will happen spelled out."""
 
     CSS_PATH = Path(__file__).with_name("dialogs.tcss")
     BINDINGS = [
-        Binding("escape", "dismiss(False)", "Cancel"),
+        Binding("escape", "dismiss(False)", "Cancel", priority=True),
         Binding("y", "dismiss(True)", "Yes", show=False),
     ]
 
@@ -44,13 +46,8 @@ class DbOptionsScreen(ModalScreen[dict[str, Any] | None]):
     """Database user and name, and for a local proxy: port and tunnel mode."""
 
     CSS_PATH = Path(__file__).with_name("dialogs.tcss")
-    # the arrows are priority bindings: checked as each key arrives, so the characters typed
-    # right after one (type-ahead, a paste) land in the field it moved to, not the one before
-    BINDINGS = [
-        Binding("escape", "dismiss(None)", "Cancel"),
-        Binding("down", "app.focus_next", "Next field", show=False, priority=True),
-        Binding("up", "app.focus_previous", "Previous field", show=False, priority=True),
-    ]
+    # Tab and the arrows move between fields at once (see widgets/fieldkeys.py)
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", priority=True), *TAB_KEYS, *ARROW_KEYS]
 
     def __init__(
         self, title: str, *, db_user: str = "", db_name: str = "", proxy: bool = False

@@ -16,6 +16,7 @@ from jumpgate.core.errors import JumpgateError
 from jumpgate.tui.notify import error_text
 from jumpgate.tui.screens.dialogs import ConfirmScreen
 from jumpgate.tui.state import DashboardState
+from jumpgate.tui.widgets.fieldkeys import TAB_KEYS
 from jumpgate.tui.workers import to_ui
 
 
@@ -23,7 +24,9 @@ class LoginScreen(ModalScreen[bool]):
     """Proxy, user, password and one-time code; the CA pin is confirmed in a dialog."""
 
     CSS_PATH = Path(__file__).with_name("dialogs.tcss")
-    BINDINGS = [Binding("escape", "dismiss(False)", "Cancel")]
+    # Tab moves between fields at once: "alice<Tab>password" never types the password
+    # into the user field (see widgets/fieldkeys.py)
+    BINDINGS = [Binding("escape", "dismiss(False)", "Cancel", priority=True), *TAB_KEYS]
     #: The field that takes the first keys, marked in :meth:`compose`. Textual focuses it
     #: as soon as the form is composed, before the first frame, and nothing else moves it
     #: (a ``focus()`` in ``on_mount`` would come later and race with Textual's own choice,

@@ -33,6 +33,7 @@ from jumpgate.tui.notify import error_text, notify_error
 from jumpgate.tui.screens.dialogs import ConfirmScreen
 from jumpgate.tui.state import DashboardState, StartedProxy
 from jumpgate.tui.widgets import wizard_forms as forms
+from jumpgate.tui.widgets.fieldkeys import TAB_KEYS
 from jumpgate.tui.workers import alive, to_ui
 
 STEPS = ("RBAC", "tbot output", "Local proxy", "Client")
@@ -58,6 +59,7 @@ class WizardScreen(Screen[None]):
     BINDINGS = [
         Binding("ctrl+b", "back", "Back"),
         Binding("ctrl+n", "next", "Next"),
+        *TAB_KEYS,  # typed-ahead text lands in the field Tab moved to (widgets/fieldkeys.py)
     ]
 
     def __init__(self) -> None:
