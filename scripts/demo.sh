@@ -193,7 +193,8 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 BOT_PG=$(free_port 15433)
-tbot -c "$BOT_CONF" proxy --destination-dir="$BOT_OUT" db --port="$BOT_PG" --tunnel demo-postgres \
+# TELEPORT_HOME: its status file goes beside the tsh profile's, where the dashboard looks
+TELEPORT_HOME=$DEMO/tsh tbot -c "$BOT_CONF" proxy --destination-dir="$BOT_OUT" db --port="$BOT_PG" --tunnel demo-postgres \
   >>"$DEMO/tbot-proxy.log" 2>&1 &
 PIDS+=($!)
 

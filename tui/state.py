@@ -179,10 +179,12 @@ class DashboardState:
 
     # ------------------------------------------------------------------ local proxies
     def proxies_dirs(self) -> list[Path]:
-        """Where running local proxies keep their status files."""
-        dirs = [self.store.home / "proxies"]
+        """Where running local proxies keep their status files: the profile's home, this
+        user's default home (``~/.tsh``: a ``tbot proxy`` started without
+        ``TELEPORT_HOME``), and every ``--proxies-dir``."""
+        dirs = [self.store.home / "proxies", Path.home() / ".tsh" / "proxies"]
         dirs += [Path(d) for d in self.options.proxies_dirs]
-        return dirs
+        return list(dict.fromkeys(d.absolute() for d in dirs))
 
     def local_proxies(self) -> list[LocalProxyInfo]:
         """Every running local proxy with a status file."""

@@ -286,3 +286,27 @@ def test_typed_filters_narrow_to_the_same_rows_as_a_full_scan() -> None:
                     assert table.view == want, text
 
     asyncio.run(scenario())
+
+
+def test_the_dashboard_finds_proxies_in_the_profile_home_the_default_home_and_extra_dirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``tbot proxy`` started without TELEPORT_HOME writes to ``~/.tsh/proxies``: the
+    dashboard, on another profile home, lists it too (and each proxy once)."""
+    from jumpgate.tui.state import DashboardState, Options
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    profile_home, extra = tmp_path / "profile", tmp_path / "extra"
+    for d, port in ((profile_home / "proxies", 5000), (tmp_path / "home/.tsh/proxies", 5001)):
+        d.mkdir(parents=True)
+        _status(d, os.getpid(), port)
+    extra.mkdir()
+    _status(extra, os.getpid(), 5002)
+    state = DashboardState(
+        Options(home=str(profile_home), proxies_dirs=[str(extra), str(profile_home / "proxies")])
+    )
+    assert [p.listen for p in state.local_proxies()] == [
+        "127.0.0.1:5000",
+        "127.0.0.1:5001",
+        "127.0.0.1:5002",
+    ]
