@@ -24,7 +24,7 @@ from jumpgate.tui.screens.proxies import ProxiesScreen
 from jumpgate.tui.state import DashboardState, Options
 from jumpgate.tui.widgets.resource_table import ResourceTable
 from tests.conftest import free_port
-from tests.integration.conftest import Cluster, cli_env, parse_status
+from tests.integration.conftest import BIN, Cluster, cli_env, parse_status
 from tests.integration.dbhelpers import PASSWORD, invite_user
 from tests.integration.test_tbot import DB_ROLE, TBOT, add_bot, db_output, seed_config, tbot
 from tests.tui.conftest import (
@@ -174,13 +174,35 @@ def test_apps_screen_lists_a_real_app_and_its_curl_snippet_reaches_it(
                 "Grafana (the test web app)",
                 "env=dev,team=observability",
             )
-            assert str(count.render()) == "1 applications"
+            assert str(count.render()) == "1 application"
             details = screen.query_one("#app-details")
             await until(pilot, lambda: APP in str(details.render()), "the details")
             text = str(details.render())
             assert f"URL      {url}\n" in text, text
             assert f"tsh proxy app {APP} --port=8080" in text
             assert "curl http://localhost:8080/" in text
+            # with a certificate: after `tsh apps login`, the snippet reaches the app as is
+            assert f"tsh apps login {APP}\n" in text
+            cert_curl = screen.cert_curl(APP)
+            assert f"  {cert_curl}\n" in text and "--cert" in cert_curl
+            env = cli_env() | {"TELEPORT_HOME": str(alice_home)}
+            subprocess.run(
+                [str(BIN / "tsh"), "apps", "login", APP],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            *curl, base = shlex.split(cert_curl)
+            answer = subprocess.run(
+                [*curl, "-sS", "--max-time", "60", f"{base}/api/users"],
+                capture_output=True,
+                text=True,
+                timeout=90,
+                check=False,
+            )
+            assert answer.returncode == 0, answer.stderr
+            assert json.loads(answer.stdout)[0]["login"] == "admin", answer.stdout
             doc_shot(app, "apps")
             # a local proxy started here: the details show curl against it, and it works
             await pilot.press("s")

@@ -14,6 +14,7 @@ from textual.widgets import Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
 from jumpgate.core.client import snippets
+from jumpgate.core.client.profile import Profile
 from jumpgate.core.errors import JumpgateError
 from jumpgate.tui.notify import notify_error
 from jumpgate.tui.state import DashboardState, StartedProxy
@@ -68,6 +69,7 @@ class AppsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.apps: dict[str, dict[str, Any]] = {}
+        self.profile: Profile | None = None
 
     @property
     def state(self) -> DashboardState:
@@ -99,26 +101,30 @@ class AppsScreen(Screen[None]):
         worker = get_current_worker()
         try:
             apps = self.state.apps()
+            prof = self.state.profile()  # for the certificate snippet's paths (files: here)
         except JumpgateError as exc:
             if not worker.is_cancelled:
                 to_ui(self, self._failed, exc)
             return
         if not worker.is_cancelled:
-            to_ui(self, self.show_apps, apps)
+            to_ui(self, self.show_apps, apps, prof)
 
     def _failed(self, exc: JumpgateError) -> None:
         self.query_one("#app-count", Static).update(Text(exc.message, style="red"))
         notify_error(self.app, exc, title="Apps")
 
-    def show_apps(self, apps: list[dict[str, Any]]) -> None:
-        """Fill the table."""
+    def show_apps(self, apps: list[dict[str, Any]], profile: Profile | None = None) -> None:
+        """Fill the table (``profile``: whose certificate paths the snippets name)."""
         self.apps = {str(a.get("name", "")): a for a in apps}
+        self.profile = profile
         table = self.query_one("#apps", ResourceTable)
         table.set_rows(app_rows(apps))
         table.filter(self.query_one("#app-filter", Input).value)
         n = len(table.view)
         self.query_one("#app-count", Static).update(
-            f"{n:,} applications" if apps else "No applications are registered (or visible to you)."
+            f"{n:,} application{'' if n == 1 else 's'}"
+            if apps
+            else "No applications are registered (or visible to you)."
         )
 
     @on(Input.Changed, "#app-filter")
@@ -168,6 +174,11 @@ class AppsScreen(Screen[None]):
             out.append(f"  tsh proxy app {name} --port={LOCAL_APP_PORT}\n")
             out.append(f"  {snippets.curl(f'http://localhost:{LOCAL_APP_PORT}/')}\n")
             out.append("  (s starts one here)\n", style="dim")
+        cert_curl = self.cert_curl(name)
+        if cert_curl:
+            out.append("\nWith a certificate\n", style="bold underline")
+            out.append(f"  tsh apps login {name}\n")
+            out.append(f"  {cert_curl}\n")
         out.append("\nWith tbot\n", style="bold underline")
         out.append(
             f"  tbot proxy --destination-dir=/opt/machine-id app --port={LOCAL_APP_PORT} {name}\n"
@@ -201,6 +212,19 @@ class AppsScreen(Screen[None]):
     def running(self, name: str) -> StartedProxy | None:
         """The local proxy this dashboard started for ``name``, if any."""
         return next((s for s in self.state.started if s.target == name), None)
+
+    def cert_curl(self, name: str) -> str:
+        """curl straight to the proxy with the certificate ``tsh apps login`` saves (the
+        paths ``tsh apps config`` prints); "" without a profile or a URL."""
+        from jumpgate.core.client.appclient import curl_command
+
+        url = app_url(self.apps.get(name, {}))
+        if self.profile is None or not url:
+            return ""
+        try:
+            return curl_command(self.profile, name, url)
+        except JumpgateError:  # a name that cannot be a file name: no snippet
+            return ""
 
     def curl_snippet(self, name: str) -> str:
         """curl through the running local proxy (else the one ``tsh proxy app`` would start)."""
