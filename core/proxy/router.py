@@ -262,7 +262,6 @@ def _peer(sock: socket.socket) -> str:
 
 async def relay_raw(sock: socket.socket, host: str, port: int) -> None:
     """Splice a client socket to ``host:port`` byte for byte (auth pass-through)."""
-    loop = asyncio.get_running_loop()
     try:
         up_r, up_w = await asyncio.open_connection(host, port)
     except OSError as exc:
@@ -276,18 +275,17 @@ async def relay_raw(sock: socket.socket, host: str, port: int) -> None:
             while data := await r.read(65536):
                 w.write(data)
                 await w.drain()
-        except (ConnectionError, OSError):
-            pass
+        except (ConnectionError, OSError, RuntimeError):
+            pass  # RuntimeError: uvloop's "the handler is closed" (the other side went first)
         finally:
-            try:
-                if w.can_write_eof():
-                    w.write_eof()
-            except OSError:
-                pass
+            # half-close towards the peer, unless that side is already closed
+            if not w.is_closing():
+                with contextlib.suppress(OSError, RuntimeError):
+                    if w.can_write_eof():
+                        w.write_eof()
 
     try:
         await asyncio.gather(pipe(down_r, up_w), pipe(up_r, down_w))
     finally:
         up_w.close()
         down_w.close()
-    _ = loop
