@@ -55,6 +55,8 @@ FIRST_REQUEST_TIMEOUT = 30.0
 CATALOGUE_TTL = 1.0
 #: A connection for a host the catalogue does not know re-reads it, at most this often.
 UNKNOWN_HOST_REFRESH = 0.25
+#: ... and waits at most this long for that read before its handshake goes on without it.
+UNKNOWN_HOST_WAIT = 1.0
 
 
 class _Unauthenticated(Exception):
@@ -69,6 +71,12 @@ def _head_parser(data: bytes) -> tuple[Head | None, int]:
             raise HTTPError(431, "the request head is too large")
         return None, 0
     return parse_request_head(data[:end]), 0
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Retrieve a finished future's exception (logged where it is awaited, not here)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _is_ip(host: str) -> bool:
@@ -113,7 +121,10 @@ class AppFrontend:
         #: names of the apps in the catalogue (only these get a minted certificate)
         self.app_names: set[str] = set()
         self._catalogue: list[Any] = []
-        self._catalogue_at = 0.0
+        #: when the last read ended (successful or not): reads are at most this frequent
+        self._catalogue_at = float("-inf")
+        #: when the last successful read began: what it holds is at least that recent
+        self._catalogue_from = float("-inf")
         self._catalogue_lock = asyncio.Lock()
         self._refresh_task: asyncio.Task[None] | None = None
         #: App Services running in this process (host id → service): served without a tunnel
@@ -165,52 +176,68 @@ class AppFrontend:
     async def refresh_for(self, server_name: str) -> None:
         """Re-read the catalogue before a handshake for a host it does not know yet.
 
-        An app registered since the last read then gets its own certificate on its
-        very first connection, not after the next periodic refresh. The read is
-        shared by concurrent callers and happens at most every
-        :data:`UNKNOWN_HOST_REFRESH` seconds, so a client sending random names
-        costs a few catalogue reads a second at most. Errors are logged: the
-        handshake goes on with what is known.
+        An app registered since the last read then gets its own certificate (and its
+        route) on its very first connection, not after the next periodic refresh. The
+        read is shared by concurrent callers and happens at most every
+        :data:`UNKNOWN_HOST_REFRESH` seconds (a failed one too), so a client sending
+        random names costs a few catalogue reads a second at most; a handshake waits
+        for it at most :data:`UNKNOWN_HOST_WAIT` seconds. Nothing here fails a
+        connection: on a slow or failed read it goes on with what is known.
         """
         host = server_name.lower().rstrip(".")
         if not host or host in (self.public_host, "localhost") or _is_ip(host):
             return
         if self.serves(name=host):
             return
+        read = asyncio.ensure_future(self.catalogue(max_age=UNKNOWN_HOST_REFRESH))
         try:
-            await self.catalogue(max_age=UNKNOWN_HOST_REFRESH)
-        except JumpgateError as exc:
-            log.debug("apps: reading the app catalogue for %s failed: %s", host, exc)
+            await asyncio.wait_for(asyncio.shield(read), UNKNOWN_HOST_WAIT)
+        except TimeoutError:
+            log.warning("apps: the app catalogue read is slow; %s goes on without it", host)
+            read.add_done_callback(_consume)
+        except Exception as exc:  # the store failed: the handshake goes on regardless
+            log.warning("apps: reading the app catalogue for %s failed: %s", host, exc)
 
     async def catalogue(self, *, max_age: float = CATALOGUE_TTL) -> list[Any]:
-        """Live ``app_server`` heartbeats (reused for ``max_age`` seconds)."""
+        """Live ``app_server`` heartbeats, read again when the last read is older than
+        ``max_age`` seconds. Concurrent callers share one read: a caller that waited
+        while another read ran takes that read's result."""
         if time.monotonic() - self._catalogue_at <= max_age:
             return self._catalogue
-        async with self._catalogue_lock:  # one read for every caller waiting on it
-            return await self._read_catalogue(max_age)
-
-    async def _read_catalogue(self, max_age: float) -> list[Any]:
-        now = time.monotonic()
-        if now - self._catalogue_at > max_age:
-            from jumpgate.core.app.auth import addr_host, app_servers
-
-            self._catalogue = await app_servers(self.auth)
-            self._catalogue_at = now
-            addrs: dict[str, str] = {}
-            ambiguous: set[str] = set()
-            for srv in self._catalogue:
-                name = srv.spec.app.metadata.name
-                host = addr_host(srv.spec.app.spec.public_addr or "")
-                if not host or self._subdomain_or_self(host):
-                    continue  # routed by name; never the proxy's own host
-                if addrs.setdefault(host, name) != name:
-                    ambiguous.add(host)  # two apps claim it: route it to neither
-            for host in ambiguous:
-                log.warning("apps: several apps claim the public address %s; not routed", host)
-                addrs.pop(host, None)
-            self.public_addrs = addrs
-            self.app_names = {srv.spec.app.metadata.name for srv in self._catalogue}
+        waiting_since = time.monotonic()
+        async with self._catalogue_lock:
+            if (
+                self._catalogue_from >= waiting_since
+                or time.monotonic() - self._catalogue_at <= max_age
+            ):
+                return self._catalogue  # read (or failed) while this caller waited
+            begun = time.monotonic()
+            try:
+                await self._read_catalogue()
+                self._catalogue_from = begun
+            finally:
+                self._catalogue_at = time.monotonic()
         return self._catalogue
+
+    async def _read_catalogue(self) -> None:
+        from jumpgate.core.app.auth import addr_host, app_servers
+
+        catalogue = await app_servers(self.auth)
+        addrs: dict[str, str] = {}
+        ambiguous: set[str] = set()
+        for srv in catalogue:
+            name = srv.spec.app.metadata.name
+            host = addr_host(srv.spec.app.spec.public_addr or "")
+            if not host or self._subdomain_or_self(host):
+                continue  # routed by name; never the proxy's own host
+            if addrs.setdefault(host, name) != name:
+                ambiguous.add(host)  # two apps claim it: route it to neither
+        for host in ambiguous:
+            log.warning("apps: several apps claim the public address %s; not routed", host)
+            addrs.pop(host, None)
+        self._catalogue = catalogue
+        self.public_addrs = addrs
+        self.app_names = {srv.spec.app.metadata.name for srv in catalogue}
 
     def start(self) -> None:
         """Keep the custom public addresses fresh (they decide routing by SNI)."""

@@ -225,13 +225,17 @@ class TLSRouter:
         if route.raw is not None:
             await route.raw(sock, hello)
             return
+        if self._prepare is not None:
+            # before the route's choice and the context: both read what it refreshes
+            try:
+                await self._prepare(proto, hello.server_name)
+            except Exception as exc:  # go on with what is known
+                log.warning("preparing for %s (SNI %r) failed: %s", proto, hello.server_name, exc)
         factory = route.factory
         if route.choose is not None:
             factory = route.choose(hello) or factory
         assert factory is not None
         try:
-            if self._prepare is not None:
-                await self._prepare(proto, hello.server_name)
             ctx = self._make_context(proto, hello.server_name)
         except Exception as exc:
             log.error("no TLS context for %s (SNI %r): %s", proto, hello.server_name, exc)

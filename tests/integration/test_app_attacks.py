@@ -763,3 +763,40 @@ def test_another_agents_labels_for_the_same_app_name_do_not_open_it(
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=20)
         log.close()
+
+
+def test_a_new_apps_own_public_addr_is_its_route_and_name_from_its_first_connection(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """An app registered a moment ago with a public_addr of its own: the very first
+    connection for that name (before the proxy's periodic catalogue read) is routed to
+    the app (a 401 for an API client without a certificate, not the web API's answer)
+    and gets a certificate naming it."""
+    from cryptography import x509
+
+    name = "fresh" + uuid.uuid4().hex[:10]
+    addr = f"{name}.example.test"
+    res = {
+        "kind": "app",
+        "version": "v3",
+        "metadata": {"name": name, "labels": {"dyn": "yes"}},
+        "spec": {"uri": "http://127.0.0.1:9", "public_addr": addr},
+    }
+    (tmp_path / "app.yaml").write_text(yaml.safe_dump(res))
+    cluster.tctl("create", "-f", str(tmp_path / "app.yaml"))
+    try:
+        assert wait_for(lambda: name in cluster.tctl("apps", "ls").stdout, 30)
+        resps, _ = exchange(
+            cluster, addr, get("/api/x", "Connection: close", "Accept: application/json")
+        )
+        assert resps[0][0] == 401, resps[0]
+        assert b"certificate" in resps[0][2].lower(), resps[0]
+        with connect(cluster, addr) as s:
+            der = s.getpeercert(binary_form=True)
+        assert der is not None
+        san = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+        assert addr in san.value.get_values_for_type(x509.DNSName)
+    finally:
+        cluster.tctl("rm", f"app/{name}")

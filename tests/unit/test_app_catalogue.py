@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from jumpgate.core.app.auth import heartbeat_apps
 from jumpgate.core.auth.server import AuthServer
 from jumpgate.core.backend.memory import MemoryBackend
@@ -67,6 +69,67 @@ def test_unknown_hosts_reread_the_catalogue_once_per_window() -> None:
                 await fe.refresh_for(own)
             await fe.refresh_for("grafana.proxy.test")  # known already
             assert reads == 1  # none of those read the catalogue
+        finally:
+            await auth.close()
+
+    asyncio.run(main())
+
+
+def test_a_slow_or_failing_catalogue_read_never_holds_or_fails_handshakes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stalled store: 50 handshakes for unknown names share one read and each goes on
+    after UNKNOWN_HOST_WAIT; a failing store: no exception reaches the handshake, and
+    no retry storm (one read per window, failed or not)."""
+    from jumpgate.core.proxy import apps as apps_mod
+
+    monkeypatch.setattr(apps_mod, "UNKNOWN_HOST_WAIT", 0.05)
+
+    async def main() -> None:
+        auth = AuthServer(MemoryBackend(), cluster_name="example.com")
+        await auth.start()
+        try:
+            fe = AppFrontend(
+                auth=auth,
+                registry=TunnelRegistry(),
+                public_addr="proxy.test:3080",
+                public_host="proxy.test",
+                user_ca_subjects=set,
+            )
+            real = auth.store.list_as
+            release = asyncio.Event()
+            reads = 0
+            mode = "stall"
+
+            async def store_read(cls: Any) -> Any:
+                nonlocal reads
+                reads += 1
+                if mode == "fail":
+                    raise RuntimeError("the store is gone")
+                await release.wait()
+                return await real(cls)
+
+            await heartbeat_apps(auth, host_id="h1", hostname="agent", apps=[_app("new")], ttl=60)
+            auth.store.list_as = store_read  # type: ignore[method-assign]
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            await asyncio.gather(*(fe.refresh_for(f"x{i}.proxy.test") for i in range(50)))
+            assert loop.time() - t0 < 2.0  # each waited UNKNOWN_HOST_WAIT, not for the read
+            assert reads == 1 and not fe.serves(name="new.proxy.test")
+            release.set()  # the read ends in the background and is used from then on
+            await asyncio.sleep(0)
+            await fe.catalogue(max_age=3600)
+            while not fe.serves(name="new.proxy.test"):
+                await asyncio.sleep(0.01)
+            assert reads == 1
+
+            mode = "fail"
+            fe._catalogue_at -= 10
+            await asyncio.gather(*(fe.refresh_for(f"y{i}.proxy.test") for i in range(100)))
+            assert reads == 2  # one failed read for all of them, and no exception
+            await fe.refresh_for("z.proxy.test")
+            assert reads == 2  # a failed read also counts for the window
+            assert fe.serves(name="new.proxy.test")  # what was known is kept
         finally:
             await auth.close()
 
