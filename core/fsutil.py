@@ -70,7 +70,8 @@ def _create_from(tmp: str, p: Path) -> None:
             raise FileExistsError(errno.EEXIST, "File exists", str(p)) from None
         Path(tmp).replace(p)
         return
-    Path(tmp).unlink()
+    with contextlib.suppress(OSError):  # the file is in place: a stray temp name is harmless
+        Path(tmp).unlink()
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

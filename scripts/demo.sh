@@ -184,7 +184,8 @@ fi
 [[ -f $BOT_CONF ]] && tbot start -c "$BOT_CONF" --oneshot >>"$DEMO/tbot.log" 2>&1 || new_bot
 # diagnostics (/readyz, /metrics) on a free port: the dashboard shows tbot's own renewal times
 BOT_DIAG=$(free_port 13001)
-sed -i '/^diag_addr:/d' "$BOT_CONF"
+sed -i --follow-symlinks '/^diag_addr:/d' "$BOT_CONF"
+[[ -z $(tail -c1 "$BOT_CONF") ]] || echo >>"$BOT_CONF"  # a last line without its newline
 echo "diag_addr: 127.0.0.1:$BOT_DIAG" >>"$BOT_CONF"
 tbot start -c "$BOT_CONF" 2>>"$DEMO/tbot.log" &
 PIDS+=($!)

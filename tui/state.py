@@ -184,7 +184,7 @@ class DashboardState:
         ``TELEPORT_HOME``), and every ``--proxies-dir``."""
         dirs = [self.store.home / "proxies", Path.home() / ".tsh" / "proxies"]
         dirs += [Path(d) for d in self.options.proxies_dirs]
-        return list(dict.fromkeys(d.absolute() for d in dirs))
+        return list(dict.fromkeys(d.resolve() for d in dirs))  # a symlinked ~/.tsh: once
 
     def local_proxies(self) -> list[LocalProxyInfo]:
         """Every running local proxy with a status file."""

@@ -391,7 +391,14 @@ def write_config(form: OutputForm) -> str:
         validate_tbot_yaml(text, path)
         if read_config(path) != current:
             continue  # changed while we merged: merge into the newer text
-        target = Path(os.path.realpath(path))  # through a symlink, even a dangling one
+        if current is None and Path(path).is_symlink():
+            # a dangling link: following it could create any file the link names (the
+            # dashboard may run as root); replacing it would drop what the user set up
+            raise BadParameter(
+                f"{path} is a symbolic link to {Path(path).readlink()}, which does not exist",
+                hint="create the file it points to (it may be empty), or remove the link",
+            )
+        target = Path(os.path.realpath(path))  # through a symlink to its target
         mode, owner = 0o600, None
         if current is not None:
             # the file keeps its mode and owner: tbot may run as its own user and

@@ -175,10 +175,19 @@ def test_write_config_merges_into_a_file_created_after_it_was_found_missing(
     assert doc["proxy_server"] == "p.example.com:443"  # the other writer's file, kept
 
 
-def test_write_config_through_a_dangling_symlink_creates_its_target(tmp_path: Path) -> None:
+def test_write_config_refuses_a_dangling_symlink_and_writes_through_a_live_one(
+    tmp_path: Path,
+) -> None:
+    """A dangling link is neither followed (the dashboard may run as root: it would create
+    whatever file the link names) nor replaced; a live one is written through."""
     target = tmp_path / "etc" / "tbot.yaml"
     link = tmp_path / "tbot.yaml"
     link.symlink_to(target)
+    with pytest.raises(BadParameter, match=r"symbolic link .* does not exist"):
+        dbsetup.write_config(new_output(link))
+    assert link.is_symlink() and not target.exists() and not target.parent.exists()
+    target.parent.mkdir()
+    target.write_text("")  # what the hint says: create the file it points to
     dbsetup.write_config(new_output(link))
     assert link.is_symlink() and "example-db" in target.read_text()
 
