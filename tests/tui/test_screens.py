@@ -154,6 +154,20 @@ def test_audit_screen_lists_filters_and_details_events(
     run_async(scenario)
 
 
+def _assert_users_api(snippet: str) -> None:
+    """Run a curl snippet of the Apps screen against the test app's ``/api/users``."""
+    *curl, base = shlex.split(snippet)
+    answer = subprocess.run(
+        [*curl, "-sS", "--max-time", "60", base.rstrip("/") + "/api/users"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert answer.returncode == 0, answer.stderr
+    assert json.loads(answer.stdout)[0]["login"] == "admin", answer.stdout
+
+
 def test_apps_screen_lists_a_real_app_and_its_curl_snippet_reaches_it(
     db_cluster: Cluster, alice_home: Path
 ) -> None:
@@ -193,16 +207,7 @@ def test_apps_screen_lists_a_real_app_and_its_curl_snippet_reaches_it(
                 capture_output=True,
                 timeout=60,
             )
-            *curl, base = shlex.split(cert_curl)
-            answer = subprocess.run(
-                [*curl, "-sS", "--max-time", "60", f"{base}/api/users"],
-                capture_output=True,
-                text=True,
-                timeout=90,
-                check=False,
-            )
-            assert answer.returncode == 0, answer.stderr
-            assert json.loads(answer.stdout)[0]["login"] == "admin", answer.stdout
+            _assert_users_api(cert_curl)
             doc_shot(app, "apps")
             # a local proxy started here: the details show curl against it, and it works
             await pilot.press("s")
@@ -213,16 +218,7 @@ def test_apps_screen_lists_a_real_app_and_its_curl_snippet_reaches_it(
             snippet = f"curl http://127.0.0.1:{proxy.port}/"
             await until(pilot, lambda: snippet in str(details.render()), "the running proxy")
             assert screen.curl_snippet(APP) == snippet
-            *curl, base = shlex.split(snippet)
-            answer = subprocess.run(
-                [*curl, "-sS", "--max-time", "60", f"{base}api/users"],
-                capture_output=True,
-                text=True,
-                timeout=90,
-                check=False,
-            )
-            assert answer.returncode == 0, answer.stderr
-            assert json.loads(answer.stdout)[0]["login"] == "admin", answer.stdout
+            _assert_users_api(snippet)
             # filters: a label, then nothing left
             await pilot.press("slash", *"team=observability", "enter")
             await until(pilot, lambda: len(table.view) == 1, "the label filter")

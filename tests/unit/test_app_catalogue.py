@@ -24,18 +24,23 @@ def _app(name: str) -> dict[str, Any]:
     }
 
 
+def _frontend(auth: AuthServer) -> AppFrontend:
+    """The proxy's app frontend for ``*.proxy.test``, over ``auth`` in this process."""
+    return AppFrontend(
+        auth=auth,
+        registry=TunnelRegistry(),
+        public_addr="proxy.test:3080",
+        public_host="proxy.test",
+        user_ca_subjects=set,
+    )
+
+
 def test_unknown_hosts_reread_the_catalogue_once_per_window() -> None:
     async def main() -> None:
         auth = AuthServer(MemoryBackend(), cluster_name="example.com")
         await auth.start()
         try:
-            fe = AppFrontend(
-                auth=auth,
-                registry=TunnelRegistry(),
-                public_addr="proxy.test:3080",
-                public_host="proxy.test",
-                user_ca_subjects=set,
-            )
+            fe = _frontend(auth)
             await fe.catalogue()
             assert not fe.serves(name="grafana.proxy.test")
             await heartbeat_apps(
@@ -89,13 +94,7 @@ def test_a_slow_or_failing_catalogue_read_never_holds_or_fails_handshakes(
         auth = AuthServer(MemoryBackend(), cluster_name="example.com")
         await auth.start()
         try:
-            fe = AppFrontend(
-                auth=auth,
-                registry=TunnelRegistry(),
-                public_addr="proxy.test:3080",
-                public_host="proxy.test",
-                user_ca_subjects=set,
-            )
+            fe = _frontend(auth)
             real = auth.store.list_as
             release = asyncio.Event()
             reads = 0
