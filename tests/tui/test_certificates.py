@@ -294,3 +294,56 @@ def test_profile_database_and_app_certificates_are_listed(
             assert "Route         app grafana-example" in str(details.render())
 
     run_async(scenario)
+
+
+def test_a_renewal_that_is_past_due_is_marked_due(
+    db_cluster: Cluster, alice_home: Path, tmp_path: Path
+) -> None:
+    """A bot whose renewal_interval (1s) passes while it is not running: the Next column
+    turns from the estimate to "due …" as the seconds tick, and the details say why."""
+    import subprocess
+
+    from tests.integration.conftest import BIN, cli_env
+
+    db_cluster.tctl("create", "-f", "/dev/stdin", input=DB_ROLE)
+    pin = parse_status(db_cluster.tctl("status").stdout)["CA pin"]
+    _, token = add_bot(db_cluster)
+    dest = tmp_path / "machine-id"
+    cfg = write_seed_config(
+        tmp_path / "tbot.yaml",
+        addr=db_cluster.public_addr,
+        token=token,
+        pin=pin,
+        storage=tmp_path / "bot",
+        outputs=db_output(dest, service="pg"),
+        extra="renewal_interval: 1s\n",
+    )
+    subprocess.run(
+        [str(BIN / "tbot"), "start", "-c", str(cfg), "--oneshot"],
+        env=cli_env(),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    app = JumpgateApp(DashboardState(Options(home=str(alice_home), configs=[str(cfg)])))
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await started(pilot)
+            screen = await switch(pilot, "c", CertificatesScreen)
+            table = screen.query_one("#certs", DataTable)
+            await until(pilot, lambda: any(c.output for c in screen.certs), "the bot's output")
+            out = next(c for c in screen.certs if c.output)
+            key = str(out.path)
+            due = f"due {short_time(issued(dest / 'tlscert') + timedelta(seconds=1))} (est.)"
+            await until(pilot, lambda: cell(table, key, "Next") == due, "the due renewal")
+            assert table.get_cell(key, "Next").style == "yellow"
+            table.move_cursor(row=[c.output for c in screen.certs].index(out.output))
+            details = screen.query_one("#cert-details")
+            await until(
+                pilot,
+                lambda: "due: renewing now, or tbot is not running" in str(details.render()),
+                "the details' due note",
+            )
+
+    run_async(scenario)

@@ -149,14 +149,17 @@ class CertificatesScreen(Screen[None]):
         return renewal_times(c, d if isinstance(d, Diagnostics) else None)
 
     @staticmethod
-    def _when(t: datetime | None, source: str) -> Text:
+    def _when(t: datetime | None, source: str, due_by: datetime | None = None) -> Text:
+        """A renewal time with its source tag; with ``due_by`` (the next renewal, now), a
+        time already past is marked "due": tbot is renewing right now, or it is not
+        running to do it."""
         if t is None:
             return Text("-")
         tag = SOURCE_TAG[source]
-        return Text(
-            f"{short_time(t)} {tag}" if tag else short_time(t),
-            style="dim" if source == "estimated" else "",
-        )
+        text = f"{short_time(t)} {tag}" if tag else short_time(t)
+        if due_by is not None and t <= due_by:
+            return Text(f"due {text}", style="yellow")
+        return Text(text, style="dim" if source == "estimated" else "")
 
     def _cells(self, c: CertInfo, now: datetime | None = None) -> list[Text | str]:
         now = now or datetime.now(UTC)
@@ -168,7 +171,7 @@ class CertificatesScreen(Screen[None]):
             left,
             short_time(c.not_after),
             self._when(times.last, times.source),
-            self._when(times.next, times.source),
+            self._when(times.next, times.source, due_by=now),
             self._tbot_cell(c),
             c.subject,
             ",".join(c.roles),
@@ -186,6 +189,8 @@ class CertificatesScreen(Screen[None]):
                 table.update_cell(
                     key, "Left", Text(countdown(c.remaining(now)), style=fraction_style(frac))
                 )
+                times = self.renewals(c)
+                table.update_cell(key, "Next", self._when(times.next, times.source, due_by=now))
             except Exception:  # noqa: S112 - the row went away between reloads
                 continue
             level = "expired" if frac <= 0 else "low" if frac < 0.1 else ""
@@ -238,7 +243,10 @@ class CertificatesScreen(Screen[None]):
             if t is None:
                 continue
             out.append(f"{label:<14}", style="bold")
-            out.append(f"{t.astimezone():%Y-%m-%d %H:%M:%S} {SOURCE_TEXT[times.source]}\n")
+            out.append(f"{t.astimezone():%Y-%m-%d %H:%M:%S} {SOURCE_TEXT[times.source]}")
+            if label == "Next renewal" and t <= now:
+                out.append("  due: renewing now, or tbot is not running", style="yellow")
+            out.append("\n")
         d = self.diag.get(c.config) if c.config else None
         if isinstance(d, Diagnostics):
             out.append(f"{'Diagnostics':<14}", style="bold")
