@@ -192,11 +192,12 @@ class AppFrontend:
         read = asyncio.ensure_future(self.catalogue(max_age=UNKNOWN_HOST_REFRESH))
         try:
             await asyncio.wait_for(asyncio.shield(read), UNKNOWN_HOST_WAIT)
+        # debug only: any client can send unknown names (the periodic read warns instead)
         except TimeoutError:
-            log.warning("apps: the app catalogue read is slow; %s goes on without it", host)
+            log.debug("apps: the app catalogue read is slow; %s goes on without it", host)
             read.add_done_callback(_consume)
         except Exception as exc:  # the store failed: the handshake goes on regardless
-            log.warning("apps: reading the app catalogue for %s failed: %s", host, exc)
+            log.debug("apps: reading the app catalogue for %s failed: %s", host, exc)
 
     async def catalogue(self, *, max_age: float = CATALOGUE_TTL) -> list[Any]:
         """Live ``app_server`` heartbeats, read again when the last read is older than
@@ -246,8 +247,8 @@ class AppFrontend:
             while True:
                 try:
                     await self.catalogue()
-                except JumpgateError as exc:
-                    log.debug("apps: reading the app catalogue failed: %s", exc)
+                except Exception as exc:  # the loop outlives a failing store
+                    log.warning("apps: reading the app catalogue failed: %s", exc)
                 await asyncio.sleep(2.0)
 
         self._refresh_task = spawn(loop(), name="proxy-apps-refresh")
