@@ -197,7 +197,14 @@ BOT_PG=$(free_port 15433)
 # TELEPORT_HOME: its status file goes beside the tsh profile's, where the dashboard looks
 TELEPORT_HOME=$DEMO/tsh tbot -c "$BOT_CONF" proxy --destination-dir="$BOT_OUT" db --port="$BOT_PG" --tunnel demo-postgres \
   >>"$DEMO/tbot-proxy.log" 2>&1 &
-PIDS+=($!)
+BOT_PROXY_PID=$!
+PIDS+=($BOT_PROXY_PID)
+# listening once its status file is there: only then print the psql line that uses it
+for _ in $(seq 1 150); do
+  [[ -f $DEMO/tsh/proxies/$BOT_PROXY_PID-$BOT_PG.json ]] && break
+  kill -0 "$BOT_PROXY_PID" 2>/dev/null || { echo "tbot proxy failed to start:"; tail -20 "$DEMO/tbot-proxy.log"; exit 1; }
+  sleep 0.1
+done
 
 cat <<TXT
 
