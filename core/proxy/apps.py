@@ -126,6 +126,11 @@ class AppFrontend:
         #: when the last successful read began: what it holds is at least that recent
         self._catalogue_from = float("-inf")
         self._catalogue_lock = asyncio.Lock()
+        #: when an ``app_server`` last changed (heartbeat, expiry), per the backend's watch
+        self._changed_at = float("-inf")
+        #: that watch (None before :meth:`start` or while it is being set up again)
+        self._watcher: Any = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         #: App Services running in this process (host id → service): served without a tunnel
         self.local_agents: dict[str, Any] = {}
@@ -189,7 +194,16 @@ class AppFrontend:
             return
         if self.serves(name=host):
             return
-        read = asyncio.ensure_future(self.catalogue(max_age=UNKNOWN_HOST_REFRESH))
+        if self._watcher is not None:
+            # following the heartbeats: read only when one changed since the last read
+            # began (then at once, so no just-registered app is missed); an unknown name
+            # with nothing changed costs no read at all
+            if not self._changed_since_read():
+                return
+            max_age = 0.0
+        else:
+            max_age = UNKNOWN_HOST_REFRESH
+        read = asyncio.ensure_future(self.catalogue(max_age=max_age))
         try:
             await asyncio.wait_for(asyncio.shield(read), UNKNOWN_HOST_WAIT)
         # debug only: any client can send unknown names (the periodic read warns instead)
@@ -198,6 +212,39 @@ class AppFrontend:
             read.add_done_callback(_consume)
         except Exception as exc:  # the store failed: the handshake goes on regardless
             log.debug("apps: reading the app catalogue for %s failed: %s", host, exc)
+
+    def _changed_since_read(self) -> bool:
+        """Whether an ``app_server`` changed after the last successful read began
+        (other processes' commits included: they are caught up first)."""
+        watcher = self._watcher
+        if watcher is None or watcher.closed:
+            return True  # not watching (or the watch just failed): assume a change
+        try:
+            self.auth.store.backend.catch_up()
+            if watcher.drain():
+                self._changed_at = time.monotonic()
+        except Exception:  # a failed watch: assume a change (the follow task starts anew)
+            return True
+        return self._changed_at >= self._catalogue_from
+
+    async def _follow_heartbeats(self) -> None:
+        """Note when any ``app_server`` changes (the watch behind :meth:`refresh_for`)."""
+        from jumpgate.core.auth.store import PREFIXES
+
+        while True:
+            try:
+                async with self.auth.store.backend.watch([PREFIXES["app_server"]]) as watcher:
+                    self._changed_at = time.monotonic()  # anything may have changed
+                    self._watcher = watcher
+                    async for _ in watcher:
+                        self._changed_at = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # overflow or a backend hiccup: watch again
+                log.debug("apps: the app_server watch ended (%s); watching again", exc)
+            self._watcher = None
+            self._changed_at = time.monotonic()
+            await asyncio.sleep(0.5)
 
     async def catalogue(self, *, max_age: float = CATALOGUE_TTL) -> list[Any]:
         """Live ``app_server`` heartbeats, read again when the last read is older than
@@ -252,12 +299,15 @@ class AppFrontend:
                 await asyncio.sleep(2.0)
 
         self._refresh_task = spawn(loop(), name="proxy-apps-refresh")
+        self._watch_task = spawn(self._follow_heartbeats(), name="proxy-apps-watch")
 
     async def close(self) -> None:
-        """Stop the refresh loop."""
+        """Stop the refresh loop and the heartbeat watch."""
         from jumpgate.core.aio import cancel_and_wait
 
         await cancel_and_wait(self._refresh_task)
+        await cancel_and_wait(self._watch_task)
+        self._watcher = None
 
     # ------------------------------------------------------------------ connections
     def protocol_factory(self, server_name: str) -> Callable[[], Handshake]:

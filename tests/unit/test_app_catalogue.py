@@ -133,3 +133,41 @@ def test_a_slow_or_failing_catalogue_read_never_holds_or_fails_handshakes(
             await auth.close()
 
     asyncio.run(main())
+
+
+def test_following_heartbeats_a_new_app_is_known_at_once_and_random_names_cost_no_read() -> None:
+    """With the app_server watch running (as in the proxy): an app whose heartbeat just
+    landed is found by the very next handshake, with no time window; names that match
+    nothing, while nothing changed, read nothing."""
+
+    async def main() -> None:
+        auth = AuthServer(MemoryBackend(), cluster_name="example.com")
+        await auth.start()
+        fe = _frontend(auth)
+        fe.start()
+        try:
+            while fe._watcher is None or fe._catalogue_from == float("-inf"):
+                await asyncio.sleep(0.01)  # the watch is set up, the first read done
+            await fe.refresh_for("first.proxy.test")  # a change since: the watch's start
+            reads = 0
+            real = auth.store.list_as
+
+            async def counting(cls: Any) -> Any:
+                nonlocal reads
+                reads += 1
+                return await real(cls)
+
+            auth.store.list_as = counting  # type: ignore[method-assign]
+            await asyncio.gather(*(fe.refresh_for(f"r{i}.proxy.test") for i in range(200)))
+            assert reads == 0  # nothing changed: unknown names cost no read
+            await heartbeat_apps(auth, host_id="h1", hostname="agent", apps=[_app("new")], ttl=60)
+            reads = 0  # (the heartbeat reads app_servers itself)
+            await fe.refresh_for("new.proxy.test")  # the very next handshake, no waiting
+            assert fe.serves(name="new.proxy.test") and reads == 1
+            await fe.refresh_for("other.proxy.test")
+            assert reads == 1
+        finally:
+            await fe.close()
+            await auth.close()
+
+    asyncio.run(main())
