@@ -257,3 +257,25 @@ def tmux() -> Iterator[Any]:
         yield t
     finally:
         t.run("kill-server", check=False)
+
+
+def bot_config(cluster: Cluster, tmp_path: Path, *, extra: str = "") -> tuple[Path, Path]:
+    """A bot allowed the "pg" database (its role, ``tctl bots add``) and a seed-shaped
+    tbot.yaml with a database output for it: (config path, destination directory)."""
+    from tests.integration.conftest import parse_status
+    from tests.integration.test_tbot import DB_ROLE, add_bot, db_output, seed_config
+
+    cluster.tctl("create", "-f", "/dev/stdin", input=DB_ROLE)
+    pin = parse_status(cluster.tctl("status").stdout)["CA pin"]
+    _, token = add_bot(cluster)
+    dest = tmp_path / "machine-id"
+    cfg = seed_config(
+        tmp_path / "tbot.yaml",
+        addr=cluster.public_addr,
+        token=token,
+        pin=pin,
+        storage=tmp_path / "bot",
+        outputs=db_output(dest, service="pg"),
+        extra=extra,
+    )
+    return cfg, dest

@@ -21,11 +21,10 @@ from jumpgate.tui.screens.certificates import CertificatesScreen
 from jumpgate.tui.state import DashboardState, Options
 from jumpgate.tui.widgets.timefmt import fraction_style, short_time
 from tests.conftest import free_port
-from tests.integration.conftest import Cluster, parse_status
+from tests.integration.conftest import Cluster
 from tests.integration.dbhelpers import tsh
-from tests.integration.test_tbot import DB_ROLE, _get, _metric, _poll, add_bot, daemon, db_output
-from tests.integration.test_tbot import seed_config as write_seed_config
-from tests.tui.conftest import APP, SIZE, doc_shot, run_async, started, switch, until
+from tests.integration.test_tbot import _get, _metric, _poll, daemon, tbot
+from tests.tui.conftest import APP, SIZE, bot_config, doc_shot, run_async, started, switch, until
 
 COUNTDOWN = re.compile(r"^(\d+d\d\dh\d\dm|\d+h\d\dm\d\ds|\d+m\d\ds)$")
 
@@ -33,19 +32,9 @@ COUNTDOWN = re.compile(r"^(\d+d\d\dh\d\dm|\d+h\d\dm\d\ds|\d+m\d\ds)$")
 def test_profile_and_tbot_certificates_with_countdown_and_renew_now(
     db_cluster: Cluster, alice_home: Path, tmp_path: Path
 ) -> None:
-    db_cluster.tctl("create", "-f", "/dev/stdin", input=DB_ROLE)
-    pin = parse_status(db_cluster.tctl("status").stdout)["CA pin"]
-    _, token = add_bot(db_cluster)
     port = free_port()
-    dest, storage = tmp_path / "machine-id", tmp_path / "bot"
-    cfg = write_seed_config(
-        tmp_path / "tbot.yaml",
-        addr=db_cluster.public_addr,
-        token=token,
-        pin=pin,
-        storage=storage,
-        outputs=db_output(dest, service="pg"),
-        extra=f"diag_addr: 127.0.0.1:{port}\nrenewal_interval: 30m\n",
+    cfg, dest = bot_config(
+        db_cluster, tmp_path, extra=f"diag_addr: 127.0.0.1:{port}\nrenewal_interval: 30m\n"
     )
     base = f"http://127.0.0.1:{port}"
 
@@ -301,30 +290,8 @@ def test_a_renewal_that_is_past_due_is_marked_due(
 ) -> None:
     """A bot whose renewal_interval (1s) passes while it is not running: the Next column
     turns from the estimate to "due …" as the seconds tick, and the details say why."""
-    import subprocess
-
-    from tests.integration.conftest import BIN, cli_env
-
-    db_cluster.tctl("create", "-f", "/dev/stdin", input=DB_ROLE)
-    pin = parse_status(db_cluster.tctl("status").stdout)["CA pin"]
-    _, token = add_bot(db_cluster)
-    dest = tmp_path / "machine-id"
-    cfg = write_seed_config(
-        tmp_path / "tbot.yaml",
-        addr=db_cluster.public_addr,
-        token=token,
-        pin=pin,
-        storage=tmp_path / "bot",
-        outputs=db_output(dest, service="pg"),
-        extra="renewal_interval: 1s\n",
-    )
-    subprocess.run(
-        [str(BIN / "tbot"), "start", "-c", str(cfg), "--oneshot"],
-        env=cli_env(),
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    cfg, dest = bot_config(db_cluster, tmp_path, extra="renewal_interval: 1s\n")
+    tbot("start", "-c", cfg, "--oneshot")
     app = JumpgateApp(DashboardState(Options(home=str(alice_home), configs=[str(cfg)])))
 
     async def scenario() -> None:

@@ -24,12 +24,13 @@ from jumpgate.tui.screens.proxies import ProxiesScreen
 from jumpgate.tui.state import DashboardState, Options
 from jumpgate.tui.widgets.resource_table import ResourceTable
 from tests.conftest import free_port
-from tests.integration.conftest import BIN, Cluster, cli_env, parse_status
+from tests.integration.conftest import BIN, Cluster, cli_env
 from tests.integration.dbhelpers import PASSWORD, invite_user
-from tests.integration.test_tbot import DB_ROLE, TBOT, add_bot, db_output, seed_config, tbot
+from tests.integration.test_tbot import DB_ROLE, TBOT, tbot
 from tests.tui.conftest import (
     APP,
     SIZE,
+    bot_config,
     doc_shot,
     login_offer,
     run_async,
@@ -43,18 +44,7 @@ from tests.tui.conftest import (
 @pytest.fixture
 def tbot_dest(db_cluster: Cluster, tmp_path: Path) -> Path:
     """A database output for "pg" written by tbot start --oneshot."""
-    db_cluster.tctl("create", "-f", "/dev/stdin", input=DB_ROLE)
-    pin = parse_status(db_cluster.tctl("status").stdout)["CA pin"]
-    _, token = add_bot(db_cluster)
-    dest = tmp_path / "machine-id"
-    cfg = seed_config(
-        tmp_path / "tbot.yaml",
-        addr=db_cluster.public_addr,
-        token=token,
-        pin=pin,
-        storage=tmp_path / "bot",
-        outputs=db_output(dest, service="pg"),
-    )
+    cfg, dest = bot_config(db_cluster, tmp_path)
     tbot("start", "-c", cfg, "--oneshot")
     return dest
 

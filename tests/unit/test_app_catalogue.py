@@ -24,6 +24,20 @@ def _app(name: str) -> dict[str, Any]:
     }
 
 
+class ReadCounter:
+    """Counts the catalogue's store reads (``auth.store.list_as``), passing them on."""
+
+    def __init__(self, auth: AuthServer) -> None:
+        self.n = 0
+        real = auth.store.list_as
+
+        async def counting(cls: Any) -> Any:
+            self.n += 1
+            return await real(cls)
+
+        auth.store.list_as = counting  # type: ignore[method-assign]
+
+
 def _frontend(auth: AuthServer) -> AppFrontend:
     """The proxy's app frontend for ``*.proxy.test``, over ``auth`` in this process."""
     return AppFrontend(
@@ -54,26 +68,18 @@ def test_unknown_hosts_reread_the_catalogue_once_per_window() -> None:
             await fe.refresh_for("grafana.proxy.test")
             assert fe.serves(name="grafana.proxy.test")
 
-            reads = 0
-            real = auth.store.list_as
-
-            async def counting(cls: Any) -> Any:
-                nonlocal reads
-                reads += 1
-                return await real(cls)
-
-            auth.store.list_as = counting  # type: ignore[method-assign]
+            reads = ReadCounter(auth)
             fe._catalogue_at -= 10  # stale: the next unknown name reads it again
             await asyncio.gather(*(fe.refresh_for(f"r{i}.proxy.test") for i in range(200)))
-            assert reads == 1  # 200 concurrent handshakes share one read
+            assert reads.n == 1  # 200 concurrent handshakes share one read
             await asyncio.gather(*(fe.refresh_for(f"s{i}.example.org") for i in range(200)))
-            assert reads == 1  # and none again within the window
+            assert reads.n == 1  # and none again within the window
 
             fe._catalogue_at -= 10
             for own in ("proxy.test", "PROXY.test.", "localhost", "127.0.0.1", "::1", ""):
                 await fe.refresh_for(own)
             await fe.refresh_for("grafana.proxy.test")  # known already
-            assert reads == 1  # none of those read the catalogue
+            assert reads.n == 1  # none of those read the catalogue
         finally:
             await auth.close()
 
@@ -149,23 +155,15 @@ def test_following_heartbeats_a_new_app_is_known_at_once_and_random_names_cost_n
             while fe._watcher is None or fe._catalogue_from == float("-inf"):
                 await asyncio.sleep(0.01)  # the watch is set up, the first read done
             await fe.refresh_for("first.proxy.test")  # a change since: the watch's start
-            reads = 0
-            real = auth.store.list_as
-
-            async def counting(cls: Any) -> Any:
-                nonlocal reads
-                reads += 1
-                return await real(cls)
-
-            auth.store.list_as = counting  # type: ignore[method-assign]
+            reads = ReadCounter(auth)
             await asyncio.gather(*(fe.refresh_for(f"r{i}.proxy.test") for i in range(200)))
-            assert reads == 0  # nothing changed: unknown names cost no read
+            assert reads.n == 0  # nothing changed: unknown names cost no read
             await heartbeat_apps(auth, host_id="h1", hostname="agent", apps=[_app("new")], ttl=60)
-            reads = 0  # (the heartbeat reads app_servers itself)
+            reads.n = 0  # (the heartbeat reads app_servers itself)
             await fe.refresh_for("new.proxy.test")  # the very next handshake, no waiting
-            assert fe.serves(name="new.proxy.test") and reads == 1
+            assert fe.serves(name="new.proxy.test") and reads.n == 1
             await fe.refresh_for("other.proxy.test")
-            assert reads == 1
+            assert reads.n == 1
         finally:
             await fe.close()
             await auth.close()
